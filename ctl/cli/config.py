@@ -1,0 +1,8 @@
+"""stenoctl commands: config (see register)."""
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

@@ -1,0 +1,1 @@
+"""stenoxdp.proto"""
