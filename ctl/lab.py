@@ -162,20 +162,24 @@ class Lab:
         return p
 
     # -- traffic ----------------------------------------------------------
-    def send_frames(self, frames: list[bytes], pps: float = 20000, queue_spread: bool = True) -> tuple[int, int]:
+    def send_frames(self, frames: list[bytes], pps: float = 20000, cpu: int | None = None) -> tuple[int, int]:
         """Inject raw Ethernet frames from the namespace end of the capture pair,
-        in order, paced at about ``pps``. Returns (t_start_ns, t_end_ns) of the
-        send window in CLOCK_REALTIME."""
+        in order, paced at about ``pps`` (pinned to ``cpu`` if given: on veth the
+        sending CPU picks the RX queue). Returns (t_start_ns, t_end_ns) of the
+        send window in CLOCK_REALTIME; ``self.last_send_ns`` has each frame's
+        send time."""
         blob = b"".join(struct.pack("<I", len(f)) + f for f in frames)
         t0 = time.time_ns()
         ns = self.client_ns if self.span else self.ns
         r = subprocess.run(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "stenoxdp.labsend", self.peer, str(pps)],
+            ["ip", "netns", "exec", ns] + (["taskset", "-c", str(cpu)] if cpu is not None else [])
+            + [sys.executable, "-m", "stenoxdp.labsend", self.peer, str(pps)],
             input=blob, capture_output=True, timeout=max(30, 5 + 2 * len(frames) / max(pps, 1)),
         )
         t1 = time.time_ns()
         if r.returncode != 0:
             raise RuntimeError(f"labsend failed: {r.stderr.decode(errors='replace')}")
+        self.last_send_ns = [int(x) for x in r.stdout.split()]
         return t0, t1
 
     def trafgen(self, size: int, count: int, rate_pps: int | None = None, cpu: int | None = None,
@@ -228,3 +232,95 @@ def cleanup_stale(prefix: str = PREFIX) -> list[str]:
 
 def have_root() -> bool:
     return os.geteuid() == 0 and shutil.which("ip") is not None
+
+
+class CaptureProc:
+    """`stenoctl capture` as a child process, for tests, the demo and benchmarks.
+
+    with CaptureProc(iface, store_dir, status_dir, extra=[...]) as cap:
+        ... traffic ...
+        cap.status()           # the controller's live status document
+    # leaving the block sends SIGINT and waits; cap.returncode is the exit code
+    """
+
+    def __init__(self, iface: str | list[str], store_dir, status_dir, extra: list[str] | None = None,
+                 dedicated: bool = True, ready_timeout: float = 60.0):
+        ifaces = [iface] if isinstance(iface, str) else list(iface)
+        self.store_dir, self.status_dir = Path(store_dir), Path(status_dir)
+        self.cmd = [str(Path(sys.executable).parent / "stenoctl"), "capture", "--dir", str(store_dir),
+                    "--status-dir", str(status_dir)]
+        for i in ifaces:
+            self.cmd += ["--iface", i]
+        if dedicated:
+            self.cmd.append("--dedicated")
+        self.cmd += list(extra or [])
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen | None = None
+        self.returncode: int | None = None
+        self.stderr = ""
+
+    def __enter__(self) -> "CaptureProc":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._err = open(self.status_dir.parent / f".capture-{os.getpid()}-{id(self)}.log", "w+") \
+            if self.status_dir.parent.is_dir() else subprocess.DEVNULL
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=self._err, start_new_session=True)
+        deadline = time.time() + self.ready_timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                self.returncode = self.proc.returncode
+                raise RuntimeError(f"capture exited early ({self.returncode}): {self.read_log()}")
+            if self.status_path() is not None:
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"capture did not become ready in {self.ready_timeout}s: {self.read_log()}")
+
+    def status_path(self) -> Path | None:
+        if self.proc is None:
+            return None
+        p = self.status_dir / f"{self.proc.pid}.json"
+        return p if p.exists() else None
+
+    def status(self) -> dict:
+        import json
+
+        p = self.status_path()
+        return json.loads(p.read_text()) if p else {}
+
+    def read_log(self) -> str:
+        if hasattr(self._err, "seek"):
+            self._err.flush()
+            self._err.seek(0)
+            return self._err.read()[-4000:]
+        return ""
+
+    def writer_pids(self) -> list[int]:
+        out = run(["pgrep", "-P", str(self.proc.pid)], check=False).stdout.split()
+        return [int(x) for x in out]
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int | None:
+        if self.proc is None:
+            return self.returncode
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.returncode = self.proc.returncode
+        self.stderr = self.read_log()
+        if hasattr(self._err, "close"):
+            try:
+                os.unlink(self._err.name)
+            except OSError:
+                pass
+            self._err.close()
+        self.proc = None
+        return self.returncode

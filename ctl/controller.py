@@ -1,0 +1,487 @@
+"""The controller: one supervisor for every capture interface.
+
+Per interface it checks that capture may take the interface (dedicated or no
+addresses/routes), loads and attaches the XDP program, starts one writer
+process per RX queue, and then runs one main loop (STYLE.md, the arbiter):
+signal handlers only set a flag; the loop reaps and restarts writers (with a
+guard against restart loops), keeps the program's clock offset fresh, runs the
+indexer and retention, and publishes status. On SIGINT/SIGTERM it detaches the
+XDP programs first (new packets go back to the host stack), lets every writer
+drain its ring and finalise its file, and exits 0.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import layout
+from .errors import InterfaceError, NotDedicatedError, StenoError
+from .store import Store
+
+log = logging.getLogger("stenoxdp")
+
+RESTART_WINDOW_S = 60.0
+RESTART_LIMIT = 5          # writer deaths within the window before capture gives up
+WRITER_READY_TIMEOUT_S = 20.0
+XDP_PACKET_HEADROOM = 256
+
+
+# ---- interface checks (pure over the facts gathered) ----------------------
+@dataclass
+class IfaceFacts:
+    name: str
+    ifindex: int
+    rx_queues: int
+    addresses: list[str]
+    routes: list[str]
+    default_route: bool
+    up: bool
+
+
+def iface_facts(name: str) -> IfaceFacts:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=name)
+        if not idx:
+            raise InterfaceError(f"interface {name!r} does not exist (see `ip link`)")
+        ifindex = idx[0]
+        link = ipr.get_links(ifindex)[0]
+        up = bool(link["flags"] & 1)
+        nrx = link.get_attr("IFLA_NUM_RX_QUEUES") or 1
+        addrs = []
+        for a in ipr.get_addr(index=ifindex):
+            addr = a.get_attr("IFA_ADDRESS")
+            if addr and not ipaddress.ip_address(addr).is_link_local:
+                addrs.append(f"{addr}/{a['prefixlen']}")
+        routes, default = [], False
+        for fam in (2, 10):
+            for r in ipr.get_routes(family=fam, oif=ifindex, table=254):
+                dst = r.get_attr("RTA_DST")
+                plen = r["dst_len"]
+                if dst is None and plen == 0:
+                    default = True
+                    routes.append("default")
+                    continue
+                if dst and (ipaddress.ip_address(dst).is_link_local or ipaddress.ip_address(dst).is_multicast):
+                    continue
+                routes.append(f"{dst}/{plen}")
+    return IfaceFacts(name, ifindex, int(nrx), addrs, routes, default, up)
+
+
+def check_dedicated(f: IfaceFacts, dedicated: bool) -> None:
+    """Capture redirects every frame to AF_XDP, away from the host's stack:
+    refuse an interface the host uses unless the operator says it is dedicated."""
+    if dedicated:
+        return
+    why = []
+    if f.default_route:
+        why.append("it carries the default route")
+    if f.addresses:
+        why.append("it has addresses " + ", ".join(f.addresses))
+    if f.routes and not f.default_route:
+        why.append("it has routes " + ", ".join(f.routes[:4]))
+    if why:
+        raise NotDedicatedError(
+            f"refusing to capture on {f.name}: {'; '.join(why)}. Capture takes every frame away from the host's "
+            f"network stack. If {f.name} is a dedicated capture port (SPAN/TAP), pass --dedicated "
+            f"(or `dedicated = true` for it in the config); otherwise pick another interface.")
+
+
+# ---- writers --------------------------------------------------------------
+@dataclass
+class WriterProc:
+    queue: int
+    proc: subprocess.Popen | None = None
+    deaths: list[float] = field(default_factory=list)
+    restarts: int = 0
+    last_exit: int | None = None
+
+
+class IfaceCapture:
+    """Everything that runs for one interface."""
+
+    def __init__(self, cfg, status_dir: Path):
+        self.cfg = cfg
+        self.name = cfg.name
+        self.store = Store(cfg.dir, cfg.index_dir)
+        self.status_dir = status_dir
+        self.prog = None
+        self.writers: dict[int, WriterProc] = {}
+        self.facts: IfaceFacts | None = None
+        self.failed: str | None = None
+        self.filter_text = getattr(cfg, "filter", None) or None
+
+    def plan_queues(self) -> list[int]:
+        n = self.facts.rx_queues if self.facts else 1
+        want = self.cfg.queues or n
+        if want > n:
+            raise InterfaceError(f"{self.name} has {n} RX queue(s); the config asks for {want}")
+        return list(range(want))
+
+    def start(self) -> None:
+        from . import bpfprog
+
+        cfg = self.cfg
+        self.facts = iface_facts(cfg.name)
+        check_dedicated(self.facts, cfg.dedicated)
+        if not self.facts.up:
+            raise InterfaceError(f"interface {cfg.name} is down: `ip link set {cfg.name} up` first")
+        self.store.init()
+        self._salvage()
+        filter_c = None
+        if getattr(cfg, "filter", None) or getattr(cfg, "filter_hex", None):
+            from . import cbpf
+
+            filter_c = cbpf.filter_c_for(cfg.filter, getattr(cfg, "filter_hex", None))
+        max_caplen = cfg.frame_size - XDP_PACKET_HEADROOM - layout.META_LEN
+        self.prog = bpfprog.load(max_caplen=max_caplen, filter_c=filter_c)
+        self.prog.sync_clock()
+        queues = self.plan_queues()
+        try:
+            for q in queues:
+                self.writers[q] = WriterProc(q)
+                self._spawn(self.writers[q], first=True)
+            self.prog.attach(cfg.name)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _salvage(self) -> None:
+        try:
+            from . import salvage
+        except ImportError:
+            return
+        rep = salvage.salvage_store(self.store)
+        if rep:
+            log.info("%s: salvage: %s", self.name, rep)
+
+    def writer_config(self, q: int) -> dict:
+        c = self.cfg
+        return {
+            "iface": c.name, "queue": q, "ifindex": self.facts.ifindex, "dir": str(c.dir),
+            "index_dir": str(c.index_dir) if c.index_dir else None,
+            "xsks_map_fd": self.prog.xsks_map_fd, "frame_size": c.frame_size, "umem_frames": c.umem_frames,
+            "ring_size": c.ring_size, "batch_size": c.batch_size, "rotate_seconds": c.rotate_seconds,
+            "rotate_bytes": c.rotate_bytes, "write_mode": getattr(c, "write_mode", "auto"),
+            "flush_interval": getattr(c, "flush_interval", 0.5),
+            "status_file": str(self.status_dir / f"{os.getpid()}-{c.name}-q{q}.json"),
+        }
+
+    def _spawn(self, w: WriterProc, first: bool = False) -> None:
+        wc = self.writer_config(w.queue)
+        cmd = [sys.executable, "-m", "stenoxdp.writer", "--json", json.dumps(wc)]
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             pass_fds=(self.prog.xsks_map_fd,))
+        deadline = time.monotonic() + WRITER_READY_TIMEOUT_S
+        line = ""
+        while time.monotonic() < deadline:
+            line = p.stdout.readline()
+            if line.strip() == "READY" or not line:
+                break
+        if line.strip() != "READY":
+            err = ""
+            try:
+                p.wait(timeout=2)
+                err = p.stderr.read().strip()
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            msg = f"writer for {self.name} queue {w.queue} failed to start: {err or 'no READY'}"
+            if first:
+                raise StenoError(msg)
+            raise _WriterBootError(msg)
+        # drain stderr in the background so a chatty writer never blocks
+        threading.Thread(target=_pump, args=(p.stderr, f"{self.name}/q{w.queue}"), daemon=True).start()
+        w.proc = p
+
+    def reap(self) -> None:
+        """Restart dead writers; give up on a restart loop."""
+        for w in self.writers.values():
+            if w.proc is None or w.proc.poll() is None:
+                continue
+            w.last_exit = w.proc.returncode
+            now = time.monotonic()
+            w.deaths = [t for t in w.deaths if now - t < RESTART_WINDOW_S] + [now]
+            log.warning("%s: writer q%d exited with %s", self.name, w.queue, w.last_exit)
+            if len(w.deaths) > RESTART_LIMIT:
+                self.failed = (f"writer for {self.name} queue {w.queue} died {len(w.deaths)} times within "
+                               f"{RESTART_WINDOW_S:.0f}s; not restarting it (last exit code {w.last_exit})")
+                w.proc = None
+                continue
+            try:
+                # a fresh writer salvages nothing itself: its old hidden file is finalised here
+                self._finalise_orphans(w.queue)
+                self._spawn(w)
+                w.restarts += 1
+            except (_WriterBootError, StenoError) as e:
+                self.failed = str(e)
+                w.proc = None
+
+    def _finalise_orphans(self, q: int) -> None:
+        try:
+            from . import salvage
+        except ImportError:
+            return
+        salvage.salvage_queue(self.store, self.name, q)
+
+    def detach(self) -> None:
+        if self.prog is not None:
+            try:
+                self.prog.detach(self.name)
+            except Exception as e:  # the interface may be gone
+                log.warning("%s: detach: %s", self.name, e)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.detach()
+        for w in self.writers.values():
+            if w.proc and w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for w in self.writers.values():
+            if w.proc:
+                try:
+                    w.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    w.proc.kill()
+                    w.proc.wait()
+        if self.prog is not None:
+            self.prog.close()
+            self.prog = None
+
+    # -- status ---------------------------------------------------------------
+    def writer_status(self) -> list[dict]:
+        out = []
+        for q, w in sorted(self.writers.items()):
+            doc = {}
+            path = self.status_dir / f"{os.getpid()}-{self.name}-q{q}.json"
+            try:
+                doc = json.loads(path.read_text())
+            except (OSError, ValueError):
+                pass
+            doc.update({"queue": q, "alive": bool(w.proc and w.proc.poll() is None), "restarts": w.restarts})
+            out.append(doc)
+        return out
+
+
+class _WriterBootError(StenoError):
+    pass
+
+
+def _pump(stream, tag: str) -> None:
+    for line in stream:
+        line = line.rstrip()
+        if line:
+            log.warning("writer %s: %s", tag, line)
+
+
+class Controller:
+    def __init__(self, ifaces: list, status_dir: Path | str = "/run/stenoxdp", server=None,
+                 index_interval: float = 1.0, retention_interval: float = 1.0):
+        self.caps = [IfaceCapture(c, Path(status_dir)) for c in ifaces]
+        self.status_dir = Path(status_dir)
+        self.status_file = self.status_dir / f"{os.getpid()}.json"
+        self.stop_flag = False
+        self.server_cfg = server
+        self.server = None
+        self.index_interval = index_interval
+        self.retention_interval = retention_interval
+        self.started = time.time()
+        self._rates: dict = {}
+        self.retention_actions: dict[str, list] = {c.name: [] for c in self.caps}
+
+    def _signal(self, *_):
+        self.stop_flag = True
+
+    def start(self) -> None:
+        self.status_dir.mkdir(parents=True, exist_ok=True)
+        names = [c.name for c in self.caps]
+        if len(set(names)) != len(names):
+            raise StenoError("an interface is listed twice")
+        try:
+            for c in self.caps:
+                c.start()
+        except BaseException:
+            for c in self.caps:
+                c.stop()
+            raise
+
+    def run(self) -> int:
+        signal.signal(signal.SIGINT, self._signal)
+        signal.signal(signal.SIGTERM, self._signal)
+        self.start()
+        try:
+            if self.server_cfg is not None:
+                self._start_server()
+            last_clock = last_index = last_ret = last_status = 0.0
+            indexer = _Background(self._index_all)
+            while not self.stop_flag:
+                now = time.monotonic()
+                for c in self.caps:
+                    c.reap()
+                failed = [c.failed for c in self.caps if c.failed]
+                if failed:
+                    log.error("%s", failed[0])
+                    self._write_status()
+                    return 4
+                if now - last_clock >= 1.0:
+                    for c in self.caps:
+                        c.prog.sync_clock()
+                    last_clock = now
+                if now - last_ret >= self.retention_interval:
+                    self._retention()
+                    last_ret = now
+                if now - last_index >= self.index_interval:
+                    indexer.kick()
+                    last_index = now
+                if now - last_status >= 1.0:
+                    self._write_status()
+                    last_status = now
+                time.sleep(0.1)
+            return 0
+        finally:
+            for c in self.caps:
+                c.detach()
+            for c in self.caps:
+                c.stop()
+            if self.server is not None:
+                try:
+                    self.server.stop()
+                except Exception:
+                    pass
+            self._index_all()
+            try:
+                self.status_file.unlink()
+            except OSError:
+                pass
+            for c in self.caps:
+                for q in c.writers:
+                    try:
+                        (self.status_dir / f"{os.getpid()}-{c.name}-q{q}.json").unlink()
+                    except OSError:
+                        pass
+
+    def _start_server(self) -> None:
+        from stenoxdp.server import daemon
+
+        s = self.server_cfg
+        self.server = daemon.serve([c.store for c in self.caps], s.certs, host=s.host, port=s.port,
+                                   grpc_port=s.grpc_port, status_dir=self.status_dir)
+
+    def _index_all(self) -> None:
+        try:
+            from stenoxdp.indexer.index import index_completed
+        except ImportError:
+            return
+        for c in self.caps:
+            try:
+                index_completed(c.store)
+            except Exception as e:
+                log.warning("%s: indexing: %s", c.name, e)
+
+    def _retention(self) -> None:
+        try:
+            from . import retention
+        except ImportError:
+            return
+        for c in self.caps:
+            pol = getattr(c.cfg, "retention", None)
+            if pol is None:
+                continue
+            try:
+                done = retention.enforce(c.store, pol)
+            except Exception as e:
+                log.warning("%s: retention: %s", c.name, e)
+                continue
+            if done:
+                self.retention_actions[c.name].extend(done)
+                del self.retention_actions[c.name][:-100]
+
+    def status(self) -> dict:
+        now = time.time()
+        ifaces = []
+        for c in self.caps:
+            counters = c.prog.counters() if c.prog else {}
+            writers = c.writer_status()
+            totals = {"packets": sum(w.get("counters", {}).get("packets", 0) for w in writers),
+                      "bytes": sum(w.get("counters", {}).get("wire_bytes", 0) for w in writers)}
+            prev = self._rates.get(c.name)
+            rates = {"pps": 0.0, "bps": 0.0}
+            if prev:
+                dt = max(1e-3, now - prev[0])
+                rates = {"pps": (totals["packets"] - prev[1]) / dt, "bps": (totals["bytes"] - prev[2]) / dt}
+            self._rates[c.name] = (now, totals["packets"], totals["bytes"])
+            ifaces.append({
+                "name": c.name, "dir": str(c.store.root), "index_dir": str(c.store.index_root),
+                "filter": c.filter_text, "xdp": counters, "queues": writers, "totals": totals, "rates": rates,
+                "store": store_usage(c.store),
+                "retention_actions": [getattr(a, "__dict__", a) for a in self.retention_actions.get(c.name, [])[-10:]],
+                "failed": c.failed,
+            })
+        return {"pid": os.getpid(), "started": self.started, "time": now, "ifaces": ifaces}
+
+    def _write_status(self) -> None:
+        doc = self.status()
+        tmp = self.status_file.with_name("." + self.status_file.name + ".tmp")
+        tmp.write_text(json.dumps(doc, default=str))
+        os.replace(tmp, self.status_file)
+
+
+def store_usage(store: Store) -> dict:
+    """Files, bytes, time horizon and free space of one store (cheap listing)."""
+    files = store.files()
+    done = [f for f in files if f.complete]
+    pbytes = 0
+    for f in files:
+        try:
+            pbytes += f.pcap.stat().st_size
+        except OSError:
+            pass
+    ibytes = 0
+    for f in done:
+        if f.idx.is_dir():
+            for p in f.idx.iterdir():
+                try:
+                    ibytes += p.stat().st_size
+                except OSError:
+                    pass
+    try:
+        sv = os.statvfs(store.packets_root)
+        free_pct = 100.0 * sv.f_bavail / max(1, sv.f_blocks)
+        free_bytes = sv.f_bavail * sv.f_frsize
+    except OSError:
+        free_pct, free_bytes = None, None
+    return {"files": len(done), "open_files": len(files) - len(done), "packet_bytes": pbytes, "index_bytes": ibytes,
+            "oldest_stamp_ns": files[0].stamp if files else None, "free_percent": free_pct, "free_bytes": free_bytes,
+            "indexed": sum(1 for f in done if f.idx.is_dir())}
+
+
+class _Background:
+    """Runs fn in one background thread; kick() asks for another run."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.ev = threading.Event()
+        self.t = threading.Thread(target=self._loop, daemon=True)
+        self.t.start()
+
+    def kick(self) -> None:
+        self.ev.set()
+
+    def _loop(self) -> None:
+        while True:
+            self.ev.wait()
+            self.ev.clear()
+            try:
+                self.fn()
+            except Exception as e:  # never take the controller down
+                log.warning("background: %s", e)

@@ -1,0 +1,375 @@
+"""One writer process per (interface, RX queue).
+
+It owns one AF_XDP socket (UMEM, fill and RX rings), drains the RX ring in
+batches, and appends packets to nanosecond pcap files. Per batch, one native
+call (stenoxdp.native, once per up to ``batch`` packets) copies "pcap record
+header from the XDP metadata + packet" for every descriptor into a page-aligned
+staging buffer and emits one 80-byte index record per packet; one numpy
+gather returns the frames to the fill ring. Full 1 MiB blocks of staging are
+written with O_DIRECT (falling back to buffered writes where the file system
+refuses O_DIRECT); every ``flush_interval`` the unaligned tail is written
+through the page cache as well, so readers see packets within a second.
+
+Files: hidden ``.<stamp>.pcap`` + ``.<stamp>.rec`` while open; at rotation
+(age or size) the .rec then the .pcap are renamed to their final names.
+The .rec file only ever holds records of packets already in the .pcap.
+
+Disk full: the writer keeps its staging buffer, stops draining the RX ring
+(the kernel counts the drops in XDP_STATISTICS), and retries until retention
+frees space. It never exits on ENOSPC.
+
+Run by the controller: ``python -m stenoxdp.writer --json '{...}'``.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import mmap
+import os
+import select
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import layout
+from .store import Store
+
+PCAP_NS_MAGIC = 0xA1B23C4D
+LINKTYPE_ETHERNET = 1
+SNAPLEN = 262144
+ALIGN = 4096
+
+
+def pcap_global_header(snaplen: int = SNAPLEN, nanos: bool = True) -> bytes:
+    import struct
+
+    magic = PCAP_NS_MAGIC if nanos else 0xA1B2C3D4
+    return struct.pack("<IHHiIII", magic, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PcapSink:
+    """Staging buffer + the packet file and record file being written."""
+
+    def __init__(self, store: Store, iface: str, queue: int, rotate_seconds: float, rotate_bytes: int,
+                 direct: str = "auto", block: int = 1 << 20, staging_size: int = 8 << 20):
+        self.store, self.iface, self.queue = store, iface, queue
+        self.rotate_ns = int(rotate_seconds * 1e9)
+        self.rotate_bytes = min(int(rotate_bytes), (4 << 30) - 1)
+        self.direct_mode = direct
+        self.block = block
+        self.staging = mmap.mmap(-1, staging_size)
+        self.st = np.frombuffer(self.staging, dtype=np.uint8)
+        self.cap = staging_size
+        self.recs = np.zeros(staging_size // 76 + 4096, dtype=layout.REC_DTYPE)
+        self.nrec = 0
+        self.pos = 0           # bytes pending in staging
+        self.base = 0          # file offset of staging[0]
+        self.fd_buf = self.fd_direct = self.fd_rec = -1
+        self.stamp = 0
+        self.opened_mono = 0
+        self.dir = store.queue_dir(iface, queue)
+        self.files_closed = 0
+        self.direct_active = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.fd_buf >= 0
+
+    @property
+    def file_bytes(self) -> int:
+        return self.base + self.pos
+
+    def space(self) -> int:
+        return self.cap - self.pos
+
+    def open_new(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.time_ns()
+        while True:
+            pcap, rec = self.store.open_paths(self.iface, self.queue, stamp)
+            final = self.store.final_paths(self.iface, self.queue, stamp)[0]
+            if not pcap.exists() and not final.exists():
+                break
+            stamp += 1
+        self.stamp, self.pcap_path, self.rec_path = stamp, pcap, rec
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        self.fd_buf = os.open(pcap, flags, 0o640)
+        self.fd_rec = os.open(rec, flags, 0o640)
+        self.fd_direct = -1
+        if self.direct_mode in ("auto", "direct"):
+            try:
+                self.fd_direct = os.open(pcap, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+            except OSError:
+                if self.direct_mode == "direct":
+                    raise
+        self.direct_active = self.fd_direct >= 0
+        hdr = pcap_global_header()
+        self.st[: len(hdr)] = np.frombuffer(hdr, dtype=np.uint8)
+        self.pos, self.base, self.nrec = len(hdr), 0, 0
+        self.opened_mono = time.monotonic_ns()
+
+    def _pwrite_all(self, fd: int, start: int, end: int, off: int) -> None:
+        mv = memoryview(self.staging)
+        while start < end:
+            n = os.pwrite(fd, mv[start:end], off)
+            start += n
+            off += n
+
+    def write_blocks(self) -> None:
+        """Write whole aligned blocks of staging (O_DIRECT where available)."""
+        n = self.pos & ~(ALIGN - 1)
+        if n == 0:
+            return
+        fd = self.fd_direct if self.fd_direct >= 0 else self.fd_buf
+        try:
+            self._pwrite_all(fd, 0, n, self.base)
+        except OSError as e:
+            if e.errno == errno.EINVAL and fd == self.fd_direct:
+                # the file system refused O_DIRECT after all: buffered from now on
+                os.close(self.fd_direct)
+                self.fd_direct = -1
+                self.direct_active = False
+                self._pwrite_all(self.fd_buf, 0, n, self.base)
+            else:
+                raise
+        rest = self.pos - n
+        if rest:
+            self.st[:rest] = self.st[n : self.pos].copy()
+        self.pos = rest
+        self.base += n
+        self._write_recs(self.base)
+
+    def _write_recs(self, upto: int) -> None:
+        """Append records of packets wholly inside the file's first ``upto`` bytes."""
+        if self.nrec == 0:
+            return
+        r = self.recs[: self.nrec]
+        ends = r["offset"] + 16 + r["caplen"]
+        k = int(np.searchsorted(ends, upto, side="right"))
+        if k:
+            data = memoryview(r[:k]).cast("B")
+            off = 0
+            while off < len(data):
+                off += os.write(self.fd_rec, data[off:])
+            left = self.nrec - k
+            if left:
+                self.recs[:left] = self.recs[k : self.nrec].copy()
+            self.nrec = left
+
+    def flush(self) -> None:
+        """Make every packet so far readable: aligned blocks, then the tail
+        through the page cache (rewritten by the next direct block write)."""
+        self.write_blocks()
+        if self.pos:
+            self._pwrite_all(self.fd_buf, 0, self.pos, self.base)
+        self._write_recs(self.base + self.pos)
+
+    def close(self) -> Path | None:
+        if not self.is_open:
+            return None
+        self.flush()
+        os.fdatasync(self.fd_buf)
+        os.fsync(self.fd_rec)
+        for fd in (self.fd_direct, self.fd_buf, self.fd_rec):
+            if fd >= 0:
+                os.close(fd)
+        self.fd_direct = self.fd_buf = self.fd_rec = -1
+        final_pcap, final_rec, _ = self.store.final_paths(self.iface, self.queue, self.stamp)
+        os.rename(self.rec_path, final_rec)
+        os.rename(self.pcap_path, final_pcap)
+        _fsync_dir(self.dir)
+        self.files_closed += 1
+        self.pos = self.base = self.nrec = 0
+        return final_pcap
+
+    def due(self, now_mono: int) -> bool:
+        return self.is_open and (self.file_bytes >= self.rotate_bytes or now_mono - self.opened_mono >= self.rotate_ns)
+
+
+class Writer:
+    def __init__(self, cfg: dict):
+        from .xsk import XskSocket, xskmap_set
+        from .native import api as native_api
+        from .native import lib as native_lib
+
+        native_lib()
+        self.native = native_api
+        self.cfg = cfg
+        self.iface, self.queue = cfg["iface"], int(cfg["queue"])
+        self.batch = int(cfg.get("batch_size", 256))
+        self.frame_size = int(cfg.get("frame_size", 4096))
+        self.max_rec = 16 + self.frame_size  # upper bound of one record in staging
+        self.flush_ns = int(float(cfg.get("flush_interval", 0.5)) * 1e9)
+        self.status_path = Path(cfg["status_file"]) if cfg.get("status_file") else None
+        store = Store(cfg["dir"], cfg.get("index_dir"))
+        self.sink = PcapSink(store, self.iface, self.queue, float(cfg.get("rotate_seconds", 60)),
+                             int(cfg.get("rotate_bytes", 4 << 30)), cfg.get("write_mode", "auto"))
+        self.xsk = XskSocket(int(cfg["ifindex"]), self.queue, self.frame_size, int(cfg.get("umem_frames", 4096)),
+                             int(cfg.get("ring_size", 2048)))
+        xskmap_set(int(cfg["xsks_map_fd"]), self.queue, self.xsk.fd)
+        self.stop = False
+        self.c = dict(packets=0, wire_bytes=0, file_bytes=0, batches=0, disk_full_waits=0, write_errors=0,
+                      bad_descs=0, files_closed=0, last_ts_ns=0)
+        self.last_error = ""
+        self.started = time.time()
+
+    # -- the loop ---------------------------------------------------------
+    def run(self) -> int:
+        xsk, sink = self.xsk, self.sink
+        poller = select.poll()
+        poller.register(xsk.fd, select.POLLIN)
+        last_flush = last_status = time.monotonic_ns()
+        blocked_until = 0
+        draining_since = 0
+        self._publish()
+        while True:
+            now = time.monotonic_ns()
+            if self.stop and not draining_since:
+                draining_since = now
+            if blocked_until and now < blocked_until:
+                time.sleep(0.02)
+                n = 0
+            else:
+                n = xsk.rx_available()
+            if n == 0:
+                if draining_since and (now - draining_since > 200_000_000 or blocked_until):
+                    break
+                if sink.is_open and (now - last_flush >= self.flush_ns or blocked_until):
+                    blocked_until = self._guard(sink.flush, now)
+                    last_flush = now
+                if sink.due(now):
+                    blocked_until = self._guard(self._rotate, now)
+                if now - last_status >= 1_000_000_000:
+                    self._publish()
+                    last_status = now
+                if not blocked_until:
+                    poller.poll(20 if draining_since else 100)
+                continue
+            n = min(n, self.batch)
+            if not sink.is_open:
+                sink.open_new()
+                last_flush = now
+            if sink.space() < n * self.max_rec:
+                blocked_until = self._guard(sink.write_blocks, now)
+                if blocked_until:
+                    continue
+                n = min(n, sink.space() // self.max_rec)
+                if n <= 0:
+                    continue
+            start = int(xsk.rx.consumer[0])
+            nbytes, ndone, nbad = self.native.gather(
+                xsk.umem_np, xsk.rx.ring, xsk.rx.mask, start, n, sink.st[sink.pos :],
+                sink.base + sink.pos, sink.recs[sink.nrec :])
+            xsk.recycle(start, ndone)
+            if ndone:
+                good = ndone - nbad
+                recs = sink.recs[sink.nrec : sink.nrec + good]
+                self.c["packets"] += good
+                self.c["wire_bytes"] += int(recs["wirelen"].sum())
+                self.c["last_ts_ns"] = int(recs["ts_ns"][-1]) if good else self.c["last_ts_ns"]
+                self.c["bad_descs"] += nbad
+                sink.pos += nbytes
+                sink.nrec += good
+                self.c["batches"] += 1
+            if sink.pos >= sink.block:
+                blocked_until = self._guard(sink.write_blocks, now)
+            if sink.due(now):
+                blocked_until = self._guard(self._rotate, now)
+            if now - last_status >= 1_000_000_000:
+                self._publish()
+                last_status = now
+        self._guard(self._rotate, time.monotonic_ns())
+        self._publish(final=True)
+        return 0
+
+    def _rotate(self) -> None:
+        if self.sink.close() is not None:
+            self.c["files_closed"] += 1
+
+    def _guard(self, fn, now: int) -> int:
+        """Run a write; on a full disk return a retry deadline instead of failing."""
+        try:
+            fn()
+            return 0
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.c["disk_full_waits"] += 1
+                self.last_error = "disk full: waiting for retention to free space (RX drops are counted by the kernel)"
+                return now + 50_000_000
+            self.c["write_errors"] += 1
+            self.last_error = f"write error: {e}"
+            return now + 200_000_000
+
+    def _publish(self, final: bool = False) -> None:
+        if not self.status_path:
+            return
+        s = self.sink
+        st = dict(self.c)
+        st["file_bytes"] = self.c.get("file_bytes", 0)
+        doc = {
+            "pid": os.getpid(), "iface": self.iface, "queue": self.queue, "time": time.time(),
+            "started": self.started, "final": final, "counters": st, "xsk": self.xsk.stats(),
+            "open_file": str(s.pcap_path) if s.is_open else None, "open_file_bytes": s.file_bytes if s.is_open else 0,
+            "files_closed": s.files_closed, "direct_io": s.direct_active, "last_error": self.last_error,
+        }
+        tmp = self.status_path.with_name("." + self.status_path.name + ".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.status_path)
+
+    def close(self) -> None:
+        self.xsk.close()
+
+
+def _set_pdeathsig() -> None:
+    try:
+        libc = ctypes.CDLL(None)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] != "--json":
+        print("usage: python -m stenoxdp.writer --json CONFIG", file=sys.stderr)
+        return 2
+    cfg = json.loads(argv[1])
+    _set_pdeathsig()
+    try:
+        os.nice(-5)
+    except OSError:
+        pass
+    try:
+        w = Writer(cfg)
+    except Exception as e:  # reported to the controller, which decides about restarts
+        print(f"writer {cfg.get('iface')}/q{cfg.get('queue')}: cannot start: {e}", file=sys.stderr, flush=True)
+        return 3
+    def _stop(*_):
+        w.stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    print("READY", flush=True)
+    try:
+        return w.run()
+    finally:
+        w.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
