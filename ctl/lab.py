@@ -191,6 +191,10 @@ class Lab:
         cmd = ["trafgen", "-q", "-o", self.peer, "-i", str(cfg), "-n", str(count), "--no-sock-mem"]
         if rate_pps:
             cmd += ["-b", f"{rate_pps}pps"]
+        if cpu is not None:
+            # unthrottled, trafgen forks one sender per CPU and pins each itself
+            # (taskset alone does not hold it); -P 1 keeps it on the given core
+            cmd += ["-P", "1"]
         pre = ["taskset", "-c", str(cpu)] if cpu is not None else []
         try:
             return run(["ip", "netns", "exec", self.ns] + pre + cmd, check=True, timeout=timeout)
