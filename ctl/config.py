@@ -222,6 +222,9 @@ def _build(cls, data: Any, where: str, base: Path | None):
     known = {f.name: f for f in fields(cls)}
     for k in data:
         if k not in known:
+            if cls is not Config and k in {f.name for f in fields(Config)}:
+                raise ConfigError(f"{where}.{k}: {k} is a top-level key; in TOML it must come before the first "
+                                  f"[[iface]] or [server] table")
             near = difflib.get_close_matches(k, list(known), n=1)
             hint = f"; did you mean {near[0]!r}?" if near else f"; known keys: {', '.join(known)}"
             raise ConfigError(f"{where + '.' if where else ''}{k}: unknown key{hint}")
