@@ -150,6 +150,40 @@ def validate(insns: list[Insn]) -> None:
                                   "does not have: filter on packet contents only")
     if _cls(insns[-1].code) != RET:
         raise FilterError("filter program does not end in ret: it is truncated or not a classic BPF program")
+    _check_scratch(insns)
+
+
+def _check_scratch(insns: list[Insn]) -> None:
+    """Refuse a read of scratch memory M[k] that some path reaches before any
+    store to M[k] -- as the kernel's classic BPF checker does. libpcap's
+    interpreter reads stack garbage there, so no translation could match it.
+    (libpcap emits such code for e.g. `geneve 1 or port 53`: the offsets a
+    `geneve` computes are used by later terms even when it did not match.)"""
+    full = (1 << MEMWORDS) - 1
+    known = [full] * len(insns)    # slots stored on every path reaching pc
+    known[0] = 0
+    reached = [False] * len(insns)
+    reached[0] = True
+    for pc, i in enumerate(insns):
+        if not reached[pc]:
+            continue
+        m = known[pc]
+        if i.code in (LD | W | MEM, LDX | W | MEM) and not (m >> i.k) & 1:
+            raise FilterError(f"instruction {pc} reads scratch memory M[{i.k}] before any path stores it; "
+                              "the kernel refuses such a program and libpcap's own result is undefined "
+                              "(libpcap emits this for `geneve`/`vxlan` inside `or`/`not`): rewrite the filter")
+        if i.code in (ST, STX):
+            m |= 1 << i.k
+        cls = _cls(i.code)
+        if cls == RET:
+            continue
+        if cls == JMP:
+            succ = [pc + 1 + i.k] if (i.code & 0xF0) == JA else [pc + 1 + i.jt, pc + 1 + i.jf]
+        else:
+            succ = [pc + 1]
+        for t in succ:
+            known[t] &= m
+            reached[t] = True
 
 
 # ---- libpcap ---------------------------------------------------------------
@@ -483,7 +517,9 @@ def to_c(insns: list[Insn], name: str = "sxdp_filter") -> str:
     decl = ["const __u8 *pkt = (const __u8 *)data;", "const __u8 *end = (const __u8 *)data_end;",
             "__u32 A = 0, X = 0;"]
     decl += [f"__u32 m{m} = 0;" for m in mems]
-    decl += ["(void)pkt; (void)end; (void)A; (void)X; (void)wirelen;"]
+    # wirelen is usually data_end - data: hide that from clang, or it folds
+    # `data + (wirelen - k)` into pointer arithmetic the verifier refuses
+    decl += ['asm volatile("" : "+r"(wirelen));', "(void)pkt; (void)end; (void)A; (void)X;"]
     return (f"static __always_inline int {name}(void *data, void *data_end, __u32 wirelen)\n{{\n"
             + "".join(f"    {d}\n" for d in decl)
             + "".join(f"    {b}\n" for b in body)
