@@ -157,6 +157,20 @@ def adapt_rotate_bytes(fs_total: int, floor_percent: float, n_queues: int,
     return per - per % 4096 if per > 4096 else per
 
 
+def effective_rotate_bytes(configured: int, packets_dir: str | os.PathLike, floor_percent: float,
+                           n_queues: int) -> int:
+    """The rotate size a writer should use: the configured one, lowered on a small file system
+    (adapt_rotate_bytes of the file system holding packets_dir, or its nearest existing parent)."""
+    p = Path(packets_dir)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        total = fs_usage(p).total
+    except OSError:
+        return configured
+    return min(configured, adapt_rotate_bytes(total, floor_percent, n_queues))
+
+
 # ---------------------------------------------------------------------------- scanning a store
 def _alloc(st: os.stat_result) -> int:
     return st.st_blocks * 512 if st.st_blocks else st.st_size

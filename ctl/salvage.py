@@ -204,18 +204,66 @@ def _rebuild(pcap: Path, writer_rec: Path | None, index_pcap) -> tuple[np.ndarra
 
 
 # ---------------------------------------------------------------------------- per queue
-def salvage_queue(store: Store, iface: str, q: int, index_pcap=None) -> SalvageReport:
+def open_paths(roots: list[Path]) -> set[str]:
+    """Paths under roots that some live process has open (from /proc/*/fd): a writer or indexer of
+    another interface sharing the store, or another daemon. Salvage leaves those alone."""
+    pre = tuple(str(Path(r).resolve()) + os.sep for r in roots)
+    out: set[str] = set()
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return out
+    me = str(os.getpid())
+    for pid in pids:
+        if pid == me:
+            continue
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                t = os.readlink(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if t.startswith(pre):
+                out.add(t)
+    return out
+
+
+def _busy(path: Path, opened: set[str]) -> bool:
+    if not opened:
+        return False
+    p = str(path.resolve())
+    return p in opened or any(o.startswith(p + os.sep) for o in opened)
+
+
+def salvage_queue(store: Store, iface: str, q: int, index_pcap="auto", opened: set[str] | None = None
+                  ) -> SalvageReport:
+    """Salvage one queue directory (and its index directory). Files some live process has open are
+    left alone (opened: precomputed open_paths(), None = look now)."""
+    if index_pcap == "auto":
+        index_pcap = _native_index()
+    if opened is None:
+        opened = open_paths([store.root, store.index_root])
     rep = SalvageReport()
     d = store.queue_dir(iface, q)
     idir = store.index_queue_dir(iface, q)
     names = set(os.listdir(d)) if d.is_dir() else set()
     inames = set(os.listdir(idir)) if idir.is_dir() else set()
+    live = {nm for nm in names if _busy(d / nm, opened)}
+    ilive = {nm for nm in inames if _busy(idir / nm, opened)}
+    for nm in list(live):  # a live file being written: its records file is live too
+        m = _NAME.match(nm)
+        if m and m.group(1) == "." and m.group(3) == PCAP_SUFFIX:
+            live.add(f".{m.group(2)}{REC_SUFFIX}")
 
     def has(name: str) -> bool:
         return name in names
 
     by_stamp: dict[str, set[str]] = {}
-    for nm in names:
+    for nm in names - live:
         m = _NAME.match(nm)
         if m:
             by_stamp.setdefault(m.group(2), set()).add(m.group(1) + m.group(3))
@@ -235,7 +283,7 @@ def salvage_queue(store: Store, iface: str, q: int, index_pcap=None) -> SalvageR
         names.discard(f".{s}{TOMB_SUFFIX}")
 
     # leftovers of salvage itself
-    for nm in sorted(names):
+    for nm in sorted(names - live):
         if nm.endswith(".salvage"):
             _rm(d / nm, "temporary file of an interrupted salvage", rep)
             names.discard(nm)
@@ -243,7 +291,7 @@ def salvage_queue(store: Store, iface: str, q: int, index_pcap=None) -> SalvageR
     # 2. files that were being written
     for s, kinds in sorted(by_stamp.items()):
         hp = f".{s}{PCAP_SUFFIX}"
-        if hp not in names:
+        if hp not in names or hp in live:
             continue
         pcap = d / hp
         wrec = d / f".{s}{REC_SUFFIX}"
@@ -279,7 +327,7 @@ def salvage_queue(store: Store, iface: str, q: int, index_pcap=None) -> SalvageR
         names |= {f"{s}{PCAP_SUFFIX}", f"{s}{REC_SUFFIX}"}
 
     # 3. completed files: records lost and not indexed -> rebuild; orphans -> remove
-    for nm in sorted(names):
+    for nm in sorted(names - live):
         m = _NAME.match(nm)
         if not m:
             continue
@@ -300,7 +348,7 @@ def salvage_queue(store: Store, iface: str, q: int, index_pcap=None) -> SalvageR
                 _rm(d / nm, "records without their packet file", rep)
 
     # 4. the index side
-    for nm in sorted(inames):
+    for nm in sorted(inames - ilive):
         m = _NAME.match(nm)
         if not m:
             continue
@@ -318,10 +366,11 @@ def salvage_store(store: Store, iface: str | None = None, index_pcap="auto") -> 
         index_pcap = _native_index()
     rep = SalvageReport()
     ifaces = [iface] if iface else sorted(set(store.ifaces()) | set(_index_ifaces(store)))
+    opened = open_paths([store.root, store.index_root])
     for ifc in ifaces:
         queues = set(store.queues(ifc)) | set(_index_queues(store, ifc))
         for q in sorted(queues):
-            rep.merge(salvage_queue(store, ifc, q, index_pcap))
+            rep.merge(salvage_queue(store, ifc, q, index_pcap, opened))
     if rep:
         log.info("salvage %s: %s", store.root, rep)
     return rep

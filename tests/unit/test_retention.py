@@ -273,3 +273,12 @@ def test_loop_thread_runs_and_stops(tmp_path):
     finally:
         loop.stop()
     assert loop.stats.files_deleted == 3
+
+
+def test_effective_rotate_bytes(tmp_path):
+    from stenoxdp.retention import effective_rotate_bytes, fs_usage
+
+    total = fs_usage(tmp_path).total
+    got = effective_rotate_bytes(4 << 30, tmp_path / "not" / "yet", 10, 2)
+    assert got == min(4 << 30, adapt_rotate_bytes(total, 10, 2))
+    assert effective_rotate_bytes(2 << 20, tmp_path, 10, 1) <= 2 << 20

@@ -222,3 +222,30 @@ def test_salvage_is_idempotent_after_partial_run(store):
     salvage_store(store, index_pcap=None)
     assert pcap.read_bytes() == data[: offs[4]] and len(recs_of(rec)) == 4
     assert listing(store) == ([pcap.name, rec.name], [])
+
+
+def test_files_open_by_a_live_process_are_left_alone(store):
+    """Another interface's writer sharing the store (or another daemon) has its file open."""
+    data, offs = pcap_bytes(3)
+    pcap_h, rec_h = write_open(store, data[:-5], rec=b"\0" * 80)
+    _, _, idx = final(store, STAMP + S)
+    idx.mkdir()  # an index some reader holds open, whose pcap is also open
+    (idx / "CURRENT").write_bytes(b"x")
+    p2 = final(store, STAMP + S)[0]
+    p2.write_bytes(data)
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys,time; fs=[open(p,'rb') for p in sys.argv[1:]]; "
+                               "print('ok', flush=True); time.sleep(30)", str(pcap_h), str(idx / "CURRENT")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        rep = salvage_store(store, index_pcap=None)
+        assert pcap_h.read_bytes() == data[:-5] and rec_h.exists() and idx.exists()
+        assert not rep.salvaged and not rep.removed
+    finally:
+        holder.kill()
+        holder.wait()
+    salvage_store(store, index_pcap=None)  # once it is gone, the partial file is salvaged
+    assert final(store)[0].read_bytes() == data[: offs[2]]
