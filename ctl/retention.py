@@ -342,15 +342,21 @@ class RetentionLoop:
 
     run_once() scans, plans and applies. start() runs it in a thread: at once when poked (call poke()
     on every rotation), every `interval` seconds, and -- checking free space every `tick` seconds, which
-    costs one statvfs -- at once when free space comes within the open files' reserve of the floor.
+    costs one statvfs -- at once when free space comes within a reserve of the floor. The reserve is the
+    room the open files may still take before they rotate plus what the observed fill rate writes in
+    `horizon` seconds, so a burst is met before it reaches the floor, not after.
     """
 
     def __init__(self, store: Store, iface: str | None, policy: Retention, rotate_bytes: int | None = None,
-                 n_queues: int | None = None, interval: float = 1.0, tick: float = 0.05, clock=time.time_ns):
+                 n_queues: int | None = None, interval: float = 1.0, tick: float = 0.02, horizon: float = 0.3,
+                 clock=time.time_ns):
         self.store, self.iface, self.policy = store, iface, policy
         self.rotate_bytes = rotate_bytes
         self.n_queues = n_queues
-        self.interval, self.tick, self.clock = interval, tick, clock
+        self.interval, self.tick, self.horizon, self.clock = interval, tick, horizon, clock
+        self.rate = 0.0  # bytes/s the packets file system fills at (EWMA of statvfs samples)
+        self._sample: tuple[float, int] | None = None
+        self._pending: list[Deletion] = []
         self.scanner = Scanner(store, iface)
         self.stats = RetentionStats()
         self.lock = threading.Lock()
@@ -378,7 +384,7 @@ class RetentionLoop:
         ix = fs_usage(self.store.index_root) if self._index_separate() else None
         nq = self.n_queues or max(1, len(opened))
         rb = self.effective_rotate_bytes(pk.total, nq)
-        reserve = sum(max(0, rb - o.bytes) for o in opened)
+        reserve = sum(max(0, rb - o.bytes) for o in opened) + int(self.rate * self.horizon)
         return Usage(pk, ix, open_bytes=sum(o.bytes for o in opened), reserve=reserve)
 
     def run_once(self) -> list[Deletion]:
@@ -401,6 +407,8 @@ class RetentionLoop:
                 st.by_reason[d.reason] += 1
                 st.bytes_by_reason[d.reason] += d.bytes
                 st.recent.append(asdict(d))
+            self._pending.extend(done)
+            del self._pending[:-1000]
             del st.recent[:-20]
             if done:
                 log.info("retention %s: deleted %d file(s), %d bytes (%s)", self.iface or "*", len(done),
@@ -435,10 +443,23 @@ class RetentionLoop:
             pk = fs_usage(self.store.packets_root)
         except OSError:
             return False
+        now = time.monotonic()
+        if self._sample is not None:
+            dt = now - self._sample[0]
+            if dt > 0:
+                r = max(0.0, (self._sample[1] - pk.free) / dt)
+                self.rate = r if r > self.rate else 0.8 * self.rate + 0.2 * r  # rises at once, decays slowly
+        self._sample = (now, pk.free)
         need = free_target(pk, self.policy.min_free_percent)
         if not need:
             return False
-        return pk.free < need + self.last.get("reserve_bytes", 0) + self.last.get("_slack", 0)
+        return pk.free < need + self.last.get("reserve_bytes", 0) + int(self.rate * self.horizon)
+
+    def take_done(self) -> list[Deletion]:
+        """Deletions done since the last call (for a caller that logs or counts them)."""
+        with self.lock:
+            out, self._pending = self._pending, []
+        return out
 
     def _loop(self) -> None:
         next_full = 0.0
@@ -482,14 +503,30 @@ class RetentionLoop:
 _LOOPS: dict[tuple[str, str | None], RetentionLoop] = {}
 
 
-def enforce(store: Store, policy: Retention, iface: str | None = None, rotate_bytes: int | None = None) -> list[Deletion]:
-    """One retention run for (store, iface) -- iface None = every interface of the store as one unit.
-    Keeps one RetentionLoop per (store, iface) so its size cache and counters carry over."""
+def enforce(store: Store, policy: Retention, iface: str | None = None, rotate_bytes: int | None = None,
+            background: bool = True) -> list[Deletion]:
+    """Retention for (store, iface) -- iface None = every interface of the store as one unit.
+
+    Keeps one RetentionLoop per (store, iface) (its size cache and counters carry over) and, with
+    background=True, starts its thread on the first call, so retention also reacts between calls.
+    Runs once now and returns every deletion done since the previous call."""
     key = (str(store.root), iface)
     loop = _LOOPS.get(key)
     if loop is None or loop.policy != policy:
+        if loop is not None:
+            loop.stop()
         loop = _LOOPS[key] = RetentionLoop(store, iface, policy, rotate_bytes=rotate_bytes)
-    return loop.run_once()
+        if background:
+            loop.start()
+    loop.run_once()
+    return loop.take_done()
+
+
+def stop_all() -> None:
+    """Stop every loop enforce() started (the daemon calls this on shutdown)."""
+    for loop in list(_LOOPS.values()):
+        loop.stop()
+    _LOOPS.clear()
 
 
 def loop_for(store: Store, iface: str | None) -> RetentionLoop | None:

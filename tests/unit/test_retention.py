@@ -282,3 +282,19 @@ def test_effective_rotate_bytes(tmp_path):
     got = effective_rotate_bytes(4 << 30, tmp_path / "not" / "yet", 10, 2)
     assert got == min(4 << 30, adapt_rotate_bytes(total, 10, 2))
     assert effective_rotate_bytes(2 << 20, tmp_path, 10, 1) <= 2 << 20
+
+
+def test_enforce_keeps_a_loop_and_reports_each_deletion_once(tmp_path):
+    from stenoxdp import retention as R
+
+    store = Store(tmp_path / "s").init()
+    for i in range(5):
+        make_file(store, "eth1", 0, (100 + i) * S)
+    pol = Retention(min_free_percent=0, max_files=2)
+    try:
+        first = R.enforce(store, pol, "eth1")
+        assert len(first) == 3
+        assert R.enforce(store, pol, "eth1") == []
+        assert R.loop_for(store, "eth1").status()["files_deleted"] == 3
+    finally:
+        R.stop_all()
