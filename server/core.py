@@ -34,6 +34,7 @@ QUERY_NICE = 10
 @dataclass
 class Limits:
     max_concurrent: int = 8              # queries at once, all transports; more -> BusyError
+    slot_wait: float = 2.0               # how long a query waits for a free slot before BusyError
     max_answer_bytes: int = 4 << 30      # server cap on one answer; 0 = none
     max_seconds: float = 3600.0          # server cap on one query's duration
     send_timeout: float = 60.0           # a client that accepts no data this long is dropped
@@ -104,12 +105,14 @@ class Counters:
 class Answer:
     """Iterate for pcap chunks (bytes). Always close() (or exhaust) it."""
 
-    def __init__(self, svc: "QueryService", stream, text: str, client: Client, server_bound: bool):
+    def __init__(self, svc: "QueryService", stream, text: str, client: Client, server_bound: bool,
+                 limit_packets: int = 0):
         self.svc = svc
         self.stream = stream
         self.text = text
         self.client = client
         self.server_bound = server_bound  # the byte limit in force is the server's, not the client's
+        self.limit_packets = limit_packets
         self.t0 = time.monotonic()
         self.deadline = self.t0 + svc.limits.max_seconds
         self.last_progress = self.t0
@@ -162,9 +165,15 @@ class Answer:
     def packets(self) -> int:
         return int(getattr(self.stream, "packets", 0) or 0)
 
+    def _server_cut(self) -> bool:
+        """The server's byte cap (not a limit the client asked for) stopped the answer."""
+        if not (self.server_bound and getattr(self.stream, "truncated", False)):
+            return False
+        return not (self.limit_packets and self.packets >= self.limit_packets)
+
     @property
     def truncated(self) -> bool:
-        return bool(getattr(self.stream, "truncated", False)) and not self.server_bound
+        return bool(getattr(self.stream, "truncated", False)) and not self._server_cut()
 
     def __iter__(self) -> Iterator[bytes]:
         lim = self.svc.limits
@@ -221,7 +230,7 @@ class Answer:
 
     def _finish_checks(self) -> None:
         lim = self.svc.limits
-        if self.server_bound and getattr(self.stream, "truncated", False):
+        if self._server_cut():
             raise AnswerTooLarge(f"answer exceeds the server's limit of {lim.max_answer_bytes} bytes "
                                  f"({self.packets} packets, {self.bytes} bytes sent); narrow the query or "
                                  f"ask for less with a byte/packet limit")
@@ -284,8 +293,11 @@ class QueryService:
             e = QueryError(f"query is {len(text)} characters; the server accepts at most {self.limits.max_query_chars}")
             refuse("invalid", e)
             raise e
-        if not self._slots.acquire(blocking=False):
-            e = BusyError(f"server busy: {self.limits.max_concurrent} queries are already running; retry later")
+        wait = self.limits.slot_wait
+        got = self._slots.acquire(timeout=wait) if wait > 0 else self._slots.acquire(blocking=False)
+        if not got:
+            e = BusyError(f"server busy: {self.limits.max_concurrent} queries are already running "
+                          f"(the server's limit); retry later")
             refuse("busy", e)
             raise e
         try:
@@ -305,7 +317,7 @@ class QueryService:
             self.counters.add("queries_failed")
             self._audit(client, text, 0, 0, time.monotonic() - t0, f"internal: {type(e).__name__}: {e}")
             raise
-        a = Answer(self, stream, text, client, server_bound)
+        a = Answer(self, stream, text, client, server_bound, limit_packets)
         with self._lock:
             self._active.add(a)
         self.counters.add("queries_active")
