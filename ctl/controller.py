@@ -113,13 +113,17 @@ class IfaceCapture:
     def __init__(self, cfg, status_dir: Path):
         self.cfg = cfg
         self.name = cfg.name
-        self.store = Store(cfg.dir, cfg.index_dir)
+        specs = cfg.stores() if hasattr(cfg, "stores") else [cfg]
+        # (Store, retention policy) per store of this interface; queue q writes to store q % len
+        self.stores = [(Store(s.dir, s.index_dir), getattr(s, "retention", None)) for s in specs]
+        self.store = self.stores[0][0]
         self.status_dir = status_dir
         self.prog = None
         self.writers: dict[int, WriterProc] = {}
         self.facts: IfaceFacts | None = None
         self.failed: str | None = None
         self.filter_text = getattr(cfg, "filter", None) or None
+        self.retention_loops: list = []
 
     def plan_queues(self) -> list[int]:
         n = self.facts.rx_queues if self.facts else 1
@@ -136,18 +140,23 @@ class IfaceCapture:
         check_dedicated(self.facts, cfg.dedicated)
         if not self.facts.up:
             raise InterfaceError(f"interface {cfg.name} is down: `ip link set {cfg.name} up` first")
-        self.store.init()
+        for st, _ in self.stores:
+            st.init()
         self._salvage()
         filter_c = None
         if getattr(cfg, "filter", None) or getattr(cfg, "filter_hex", None):
             from . import cbpf
 
-            filter_c = cbpf.filter_c_for(cfg.filter, getattr(cfg, "filter_hex", None))
+            flt = cbpf.Filter.from_args(getattr(cfg, "filter", None), getattr(cfg, "filter_hex", None))
+            filter_c = flt.c_source()
+            self.filter_text = flt.source
         max_caplen = cfg.frame_size - XDP_PACKET_HEADROOM - layout.META_LEN
         self.prog = bpfprog.load(max_caplen=max_caplen, filter_c=filter_c)
         self.prog.sync_clock()
         queues = self.plan_queues()
+        self.n_queues = len(queues)
         try:
+            self._start_retention()
             for q in queues:
                 self.writers[q] = WriterProc(q)
                 self._spawn(self.writers[q], first=True)
@@ -156,23 +165,47 @@ class IfaceCapture:
             self.stop()
             raise
 
+    def _start_retention(self) -> None:
+        from . import retention
+
+        for st, pol in self.stores:
+            if pol is None:
+                continue
+            per_store = sum(1 for q in range(self.n_queues) if self.store_for_queue(q) is st)
+            loop = retention.RetentionLoop(st, self.name, pol, rotate_bytes=self.cfg.rotate_bytes,
+                                           n_queues=max(1, per_store))
+            self.retention_loops.append(loop.start())
+
+    def rotate_bytes_for(self, st: Store, pol) -> int:
+        from . import retention
+
+        per_store = sum(1 for q in range(self.n_queues) if self.store_for_queue(q) is st)
+        floor = pol.min_free_percent if pol is not None else 0.0
+        return retention.effective_rotate_bytes(self.cfg.rotate_bytes, st.packets_root, floor, max(1, per_store))
+
     def _salvage(self) -> None:
         try:
             from . import salvage
         except ImportError:
             return
-        rep = salvage.salvage_store(self.store)
-        if rep:
-            log.info("%s: salvage: %s", self.name, rep)
+        for st, _ in self.stores:
+            rep = salvage.salvage_store(st)
+            if rep:
+                log.info("%s: salvage: %s", self.name, rep)
+
+    def store_for_queue(self, q: int) -> Store:
+        return self.stores[q % len(self.stores)][0]
 
     def writer_config(self, q: int) -> dict:
         c = self.cfg
+        st = self.store_for_queue(q)
+        pol = self.stores[q % len(self.stores)][1]
         return {
-            "iface": c.name, "queue": q, "ifindex": self.facts.ifindex, "dir": str(c.dir),
-            "index_dir": str(c.index_dir) if c.index_dir else None,
+            "iface": c.name, "queue": q, "ifindex": self.facts.ifindex, "dir": str(st.root),
+            "index_dir": str(st.index_root),
             "xsks_map_fd": self.prog.xsks_map_fd, "frame_size": c.frame_size, "umem_frames": c.umem_frames,
             "ring_size": c.ring_size, "batch_size": c.batch_size, "rotate_seconds": c.rotate_seconds,
-            "rotate_bytes": c.rotate_bytes, "write_mode": getattr(c, "write_mode", "auto"),
+            "rotate_bytes": self.rotate_bytes_for(st, pol), "write_mode": getattr(c, "write_mode", "auto"),
             "flush_interval": getattr(c, "flush_interval", 0.5),
             "status_file": str(self.status_dir / f"{os.getpid()}-{c.name}-q{q}.json"),
         }
@@ -232,7 +265,7 @@ class IfaceCapture:
             from . import salvage
         except ImportError:
             return
-        salvage.salvage_queue(self.store, self.name, q)
+        salvage.salvage_queue(self.store_for_queue(q), self.name, q)
 
     def detach(self) -> None:
         if self.prog is not None:
@@ -257,6 +290,9 @@ class IfaceCapture:
         if self.prog is not None:
             self.prog.close()
             self.prog = None
+        for loop in self.retention_loops:
+            loop.stop()
+        self.retention_loops = []
 
     # -- status ---------------------------------------------------------------
     def writer_status(self) -> list[dict]:
@@ -286,7 +322,7 @@ def _pump(stream, tag: str) -> None:
 
 class Controller:
     def __init__(self, ifaces: list, status_dir: Path | str = "/run/stenoxdp", server=None,
-                 index_interval: float = 1.0, retention_interval: float = 1.0):
+                 index_interval: float = 1.0):
         self.caps = [IfaceCapture(c, Path(status_dir)) for c in ifaces]
         self.status_dir = Path(status_dir)
         self.status_file = self.status_dir / f"{os.getpid()}.json"
@@ -294,10 +330,8 @@ class Controller:
         self.server_cfg = server
         self.server = None
         self.index_interval = index_interval
-        self.retention_interval = retention_interval
         self.started = time.time()
         self._rates: dict = {}
-        self.retention_actions: dict[str, list] = {c.name: [] for c in self.caps}
 
     def _signal(self, *_):
         self.stop_flag = True
@@ -322,7 +356,7 @@ class Controller:
         try:
             if self.server_cfg is not None:
                 self._start_server()
-            last_clock = last_index = last_ret = last_status = 0.0
+            last_clock = last_index = last_status = 0.0
             indexer = _Background(self._index_all)
             while not self.stop_flag:
                 now = time.monotonic()
@@ -337,9 +371,6 @@ class Controller:
                     for c in self.caps:
                         c.prog.sync_clock()
                     last_clock = now
-                if now - last_ret >= self.retention_interval:
-                    self._retention()
-                    last_ret = now
                 if now - last_index >= self.index_interval:
                     indexer.kick()
                     last_index = now
@@ -374,8 +405,13 @@ class Controller:
         from stenoxdp.server import daemon
 
         s = self.server_cfg
-        self.server = daemon.serve([c.store for c in self.caps], s.certs, host=s.host, port=s.port,
-                                   grpc_port=s.grpc_port, status_dir=self.status_dir)
+        lim = {"max_concurrent": s.max_concurrent}
+        if s.max_answer_bytes is not None:
+            lim["max_answer_bytes"] = s.max_answer_bytes
+        if s.max_seconds is not None:
+            lim["max_seconds"] = s.max_seconds
+        self.server = daemon.serve([st for c in self.caps for st, _ in c.stores], s.certs, host=s.host, port=s.port,
+                                   grpc_port=s.grpc_port, status_dir=self.status_dir, **lim)
 
     def _index_all(self) -> None:
         try:
@@ -383,28 +419,11 @@ class Controller:
         except ImportError:
             return
         for c in self.caps:
-            try:
-                index_completed(c.store)
-            except Exception as e:
-                log.warning("%s: indexing: %s", c.name, e)
-
-    def _retention(self) -> None:
-        try:
-            from . import retention
-        except ImportError:
-            return
-        for c in self.caps:
-            pol = getattr(c.cfg, "retention", None)
-            if pol is None:
-                continue
-            try:
-                done = retention.enforce(c.store, pol)
-            except Exception as e:
-                log.warning("%s: retention: %s", c.name, e)
-                continue
-            if done:
-                self.retention_actions[c.name].extend(done)
-                del self.retention_actions[c.name][:-100]
+            for st, _ in c.stores:
+                try:
+                    index_completed(st)
+                except Exception as e:
+                    log.warning("%s: indexing %s: %s", c.name, st.root, e)
 
     def status(self) -> dict:
         now = time.time()
@@ -423,8 +442,8 @@ class Controller:
             ifaces.append({
                 "name": c.name, "dir": str(c.store.root), "index_dir": str(c.store.index_root),
                 "filter": c.filter_text, "xdp": counters, "queues": writers, "totals": totals, "rates": rates,
-                "store": store_usage(c.store),
-                "retention_actions": [getattr(a, "__dict__", a) for a in self.retention_actions.get(c.name, [])[-10:]],
+                "store": _merge_usage([store_usage(st) for st, _ in c.stores]),
+                "retention": [loop.status() for loop in c.retention_loops],
                 "failed": c.failed,
             })
         return {"pid": os.getpid(), "started": self.started, "time": now, "ifaces": ifaces}
@@ -434,6 +453,19 @@ class Controller:
         tmp = self.status_file.with_name("." + self.status_file.name + ".tmp")
         tmp.write_text(json.dumps(doc, default=str))
         os.replace(tmp, self.status_file)
+
+
+def _merge_usage(us: list[dict]) -> dict:
+    if len(us) == 1:
+        return us[0]
+    out = {k: sum(u[k] for u in us) for k in ("files", "open_files", "packet_bytes", "index_bytes", "indexed")}
+    stamps = [u["oldest_stamp_ns"] for u in us if u["oldest_stamp_ns"]]
+    out["oldest_stamp_ns"] = min(stamps) if stamps else None
+    frees = [u["free_percent"] for u in us if u["free_percent"] is not None]
+    out["free_percent"] = min(frees) if frees else None
+    out["free_bytes"] = sum(u["free_bytes"] or 0 for u in us)
+    out["stores"] = us
+    return out
 
 
 def store_usage(store: Store) -> dict:

@@ -62,6 +62,9 @@ def render_status(docs: list[dict], con: Console | None = None) -> None:
                              q.get("files_closed", 0), q.get("restarts", 0), q.get("last_error") or ""])
             con.print(table("", ["queue", "writer", "packets", "bytes", "rx_dropped", "ring_full", "fill_empty",
                                  "disk_full", "files", "restarts", "note"], rows))
-            acts = ifc.get("retention_actions") or []
-            if acts:
-                con.print(f"  retention: {len(acts)} recent deletions, last: {acts[-1]}")
+            for r in ifc.get("retention") or []:
+                st = r
+                con.print(f"  retention: {r.get('files_deleted', 0)} files / {_si(r.get('bytes_deleted', 0), 'B')} "
+                          f"deleted {r.get('deleted_by_reason') or ''}  oldest packet kept "
+                          f"{_horizon(r.get('oldest_last_ts_ns'))}"
+                          + (f"  error: {st['last_error']}" if st.get("last_error") else ""))
