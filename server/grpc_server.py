@@ -124,6 +124,9 @@ def _run(svc: QueryService, ctx, client: Client, text: str, **kw):
         _abort(ctx, e)
     except StenoError as e:
         ctx.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+    except Exception as e:
+        log.exception("grpc: query failed to start")
+        ctx.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
     rem = ctx.time_remaining()
     if rem is not None:
         import time

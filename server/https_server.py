@@ -187,6 +187,10 @@ class Handler(BaseHTTPRequestHandler):
         except StenoError as e:
             self._plain(500, str(e))
             return
+        except Exception as e:
+            log.exception("https: query failed to start")
+            self._plain(500, f"internal error: {type(e).__name__}: {e}")
+            return
         sock = self.connection
         answer.abort_hook = lambda why: _shutdown(sock)
         self.close_connection = True
