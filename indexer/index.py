@@ -1,0 +1,413 @@
+"""Build and read the per-packet-file index (one RocksDB database per packet
+file, keys from indexer/keys.py).
+
+Build: sxdp_rec records (the .rec sidecar, or records the native helper makes
+from the pcap) -> postings grouped in numpy (lexsort per key type, one Python
+step per DISTINCT key, never per packet) -> one sorted SST file written with
+SstFileWriter -> ingested into a fresh DB in a hidden temp dir -> renamed to
+<stamp>.idx. Readers open read-only and check the format version.
+
+Layout choice (measured, see tests/unit/test_index.py::test_index_share and
+the numbers in the module's report): a single SST ingested into a fresh DB is
+written once, sequentially, with sorted keys, zstd blocks; a DB filled by put()
+would go through WAL + memtable + flush for the same bytes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .. import layout
+from ..errors import IndexFormatError, StoreError
+from . import keys as K
+
+log = logging.getLogger("stenoxdp.indexer")
+
+_BLOCK_SIZE = 32 * 1024
+
+
+def _rocks():
+    import rocksdict
+
+    return rocksdict
+
+
+def _options(write: bool):
+    r = _rocks()
+    o = r.Options(raw_mode=True)
+    if write:
+        o.create_if_missing(True)
+        o.set_compression_type(r.DBCompressionType.zstd())
+        bb = r.BlockBasedOptions()
+        bb.set_block_size(_BLOCK_SIZE)
+        o.set_block_based_table_factory(bb)
+    o.set_keep_log_file_num(1)
+    o.set_max_log_file_size(64 * 1024)
+    return o
+
+
+# ---- postings ------------------------------------------------------------------
+def _be_cols(vals: np.ndarray, width: int) -> list[np.ndarray]:
+    """vals: (n, width) uint8 big-endian bytes -> list of u64 columns (most significant first)."""
+    cols = []
+    for s in range(0, width, 8):
+        part = vals[:, s : s + 8]
+        w = part.shape[1]
+        v = np.zeros(len(vals), np.uint64)
+        for j in range(w):
+            v = (v << np.uint64(8)) | part[:, j].astype(np.uint64)
+        cols.append(v)
+    return cols
+
+
+def _type_columns(recs: np.ndarray):
+    """Yield (type byte, value width, ordinals, (n, width) uint8 BE values) per key type."""
+    flags = recs["flags"]
+    ordn = np.arange(len(recs), dtype=np.int64)
+    ip4 = (flags & layout.F_IPV4) != 0
+    ip6 = (flags & layout.F_IPV6) != 0
+    ip = ip4 | ip6
+    ports = ((flags & layout.F_PORTS) != 0) & ((flags & layout.F_NONFIRST_FRAG) == 0)
+
+    yield K.T_PROTO, 1, ordn[ip], recs["proto"][ip].reshape(-1, 1)
+    for t, f in ((K.T_SPORT, "sport"), (K.T_DPORT, "dport")):
+        v = recs[f][ports].astype(">u2").view(np.uint8).reshape(-1, 2)
+        yield t, 2, ordn[ports], v
+    yield K.T_SRC4, 4, ordn[ip4], recs["src"][ip4][:, :4]
+    yield K.T_DST4, 4, ordn[ip4], recs["dst"][ip4][:, :4]
+    yield K.T_SRC6, 16, ordn[ip6], recs["src"][ip6]
+    yield K.T_DST6, 16, ordn[ip6], recs["dst"][ip6]
+    nv = recs["n_vlan"]
+    vo, vv = [], []
+    for i in range(layout.META_VLANS):
+        m = nv > i
+        vo.append(ordn[m])
+        vv.append((recs["vlan"][m, i] & 0x0FFF).astype(">u2").view(np.uint8).reshape(-1, 2))
+    yield K.T_VLAN, 2, np.concatenate(vo), np.concatenate(vv)
+    m = recs["n_mpls"] > 0
+    yield K.T_MPLS, 4, ordn[m], recs["mpls"][m].astype(">u4").view(np.uint8).reshape(-1, 4)
+    fam = np.where(ip4, 4, np.where(ip6, 6, 0)).astype(np.uint8)
+    yield K.T_FAMILY, 1, ordn[ip], fam[ip].reshape(-1, 1)
+    fo, fv = [], []
+    for bit in range(8):
+        m = (flags & (1 << bit)) != 0
+        fo.append(ordn[m])
+        fv.append(np.full((int(m.sum()), 1), bit, np.uint8))
+    yield K.T_FLAG, 1, np.concatenate(fo), np.concatenate(fv)
+
+
+def postings(recs: np.ndarray) -> list[tuple[bytes, bytes]]:
+    """All (key, encoded positions) pairs of a records array, sorted by key."""
+    out: list[tuple[bytes, bytes]] = []
+    for t, width, ordn, vals in _type_columns(recs):
+        if len(ordn) == 0:
+            continue
+        vals = np.ascontiguousarray(vals, dtype=np.uint8)
+        cols = _be_cols(vals, width)
+        order = np.lexsort([ordn] + cols[::-1])
+        ordn = ordn[order]
+        cols = [c[order] for c in cols]
+        vals = vals[order]
+        change = np.zeros(len(ordn), bool)
+        change[0] = True
+        for c in cols:
+            change[1:] |= c[1:] != c[:-1]
+        dup = np.zeros(len(ordn), bool)
+        dup[1:] = ~change[1:] & (ordn[1:] == ordn[:-1])  # same key twice in one packet (QinQ 10/10)
+        if dup.any():
+            keep = ~dup
+            ordn, vals, change = ordn[keep], vals[keep], change[keep]
+        starts = np.flatnonzero(change)
+        ends = np.append(starts[1:], len(ordn))
+        d = np.empty(len(ordn), np.int64)
+        d[0] = ordn[0]
+        d[1:] = ordn[1:] - ordn[:-1]
+        d[starts] = ordn[starts]
+        mx = np.maximum.reduceat(d, starts)
+        width_code = np.where(mx < 1 << 8, 1, np.where(mx < 1 << 16, 2, 4))
+        tb = bytes([t])
+        kb = vals[starts].tobytes()
+        for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist())):
+            w = int(width_code[i])
+            out.append((tb + kb[i * width : (i + 1) * width], bytes([w]) + d[s:e].astype(f"<u{w}").tobytes()))
+    return out
+
+
+def table_entries(recs: np.ndarray, file_size: int | None = None) -> list[tuple[bytes, bytes]]:
+    """Chunk table + metadata entries."""
+    n = len(recs)
+    off = recs["offset"].astype(np.int64)
+    ts = recs["ts_ns"].astype(np.int64)
+    ends = off + 16 + recs["caplen"].astype(np.int64)
+    out = []
+    mins, maxs = [], []
+    for c, s in enumerate(range(0, n, K.CHUNK)):
+        e = min(n, s + K.CHUNK)
+        out.append((K.chunk_key(c), K.encode_chunk(off[s:e], ts[s:e], int(ends[e - 1]))))
+        mins.append(int(ts[s:e].min()))
+        maxs.append(int(ts[s:e].max()))
+    total = int(ends.max()) if n else 24
+    meta = [
+        (K.META_VERSION, K.u32(K.FORMAT_VERSION)),
+        (K.META_COUNT, K.u64(n)),
+        (K.META_FIRST_TS, K.u64(int(ts.min()) if n else 0)),
+        (K.META_LAST_TS, K.u64(int(ts.max()) if n else 0)),
+        (K.META_BYTES, K.u64(file_size if file_size is not None else total)),
+        (K.META_SORTED, bytes([1 if n < 2 or bool(np.all(ts[1:] >= ts[:-1])) else 0])),
+        (K.META_CHUNK_TS, K.encode_chunk_ts(np.array(mins, np.int64), np.array(maxs, np.int64))),
+    ]
+    return meta + out
+
+
+def build_index(recs: np.ndarray, idx_path: os.PathLike | str, file_size: int | None = None) -> int:
+    """Write the index of one packet file to idx_path (a DB directory) atomically:
+    build in a hidden temp dir next to it, then rename. Returns the index bytes."""
+    r = _rocks()
+    idx_path = Path(idx_path)
+    idx_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = idx_path.with_name("." + idx_path.name + ".tmp")
+    sst = idx_path.with_name("." + idx_path.name + ".sst")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    entries = postings(recs) + table_entries(recs, file_size)
+    entries.sort(key=lambda kv: kv[0])
+    o = _options(True)
+    w = r.SstFileWriter(o)
+    w.open(str(sst))
+    for k, v in entries:
+        w[k] = v
+    w.finish()
+    db = r.Rdict(str(tmp), o)
+    try:
+        io = r.IngestExternalFileOptions()
+        io.set_move_files(True)
+        db.ingest_external_file([str(sst)], io)
+    finally:
+        db.close()
+    if sst.exists():
+        sst.unlink()
+    if idx_path.exists():
+        shutil.rmtree(idx_path)
+    os.replace(tmp, idx_path)
+    return index_bytes(idx_path)
+
+
+def index_bytes(idx_path: os.PathLike | str, sst_only: bool = False) -> int:
+    total = 0
+    for p in Path(idx_path).iterdir():
+        if p.is_file() and (not sst_only or p.suffix == ".sst"):
+            total += p.stat().st_size
+    return total
+
+
+# ---- reading -------------------------------------------------------------------
+class IndexReader:
+    """A read-only view of one index. Raises IndexFormatError for an unknown
+    version and StoreError for a missing or unreadable index."""
+
+    def __init__(self, path: os.PathLike | str):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise StoreError(f"index {self.path} is missing; run `stenoctl reindex` to rebuild it")
+        r = _rocks()
+        try:
+            self.db = r.Rdict(str(self.path), _options(False), access_type=r.AccessType.read_only())
+        except Exception as e:  # rocksdb raises plain Exceptions
+            raise StoreError(f"index {self.path} cannot be opened ({e}); run `stenoctl reindex` to rebuild it") from None
+        try:
+            v = self.db.get(K.META_VERSION)
+            if v is None or len(v) != 4:
+                raise IndexFormatError(f"index {self.path} has no format version record; run `stenoctl reindex`")
+            ver = K.get_u32(v)
+            if ver != K.FORMAT_VERSION:
+                raise IndexFormatError(
+                    f"index {self.path} has format version {ver}, this stenoxdp reads version "
+                    f"{K.FORMAT_VERSION}; run `stenoctl reindex` (or upgrade stenoxdp)"
+                )
+            self.count = K.get_u64(self._must(K.META_COUNT))
+            self.first_ts = K.get_u64(self._must(K.META_FIRST_TS))
+            self.last_ts = K.get_u64(self._must(K.META_LAST_TS))
+            self.file_bytes = K.get_u64(self._must(K.META_BYTES))
+            self.sorted = self._must(K.META_SORTED) == b"\x01"
+            self.chunk_min, self.chunk_max = K.decode_chunk_ts(self._must(K.META_CHUNK_TS))
+        except Exception:
+            self.db.close()
+            raise
+        self._chunks: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
+
+    def _must(self, k: bytes) -> bytes:
+        v = self.db.get(k)
+        if v is None:
+            raise IndexFormatError(f"index {self.path} lacks {K.describe(k)}; run `stenoctl reindex`")
+        return v
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    def all(self) -> np.ndarray:
+        return np.arange(self.count, dtype=np.int64)
+
+    def get(self, key: bytes) -> np.ndarray:
+        v = self.db.get(key)
+        if v is None:
+            return np.empty(0, np.int64)
+        return K.decode_positions(v)
+
+    def range(self, lo: bytes, hi: bytes) -> np.ndarray:
+        """Union of the postings of every key in [lo, hi] (inclusive)."""
+        if lo == hi:
+            return self.get(lo)
+        it = self.db.iter()
+        it.seek(lo)
+        parts = []
+        while it.valid():
+            k = it.key()
+            if k > hi:
+                break
+            parts.append(K.decode_positions(it.value()))
+            it.next()
+        del it
+        if not parts:
+            return np.empty(0, np.int64)
+        if len(parts) == 1:
+            return parts[0]
+        return np.unique(np.concatenate(parts))
+
+    def chunk(self, c: int) -> tuple[np.ndarray, np.ndarray, int]:
+        got = self._chunks.get(c)
+        if got is None:
+            v = self.db.get(K.chunk_key(c))
+            if v is None:
+                raise IndexFormatError(f"index {self.path} lacks chunk {c}; run `stenoctl reindex`")
+            got = K.decode_chunk(v)
+            self._chunks[c] = got
+        return got
+
+    def table(self, ordn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(offsets, ts_ns, record lengths incl. the 16-byte header) of the given ordinals."""
+        ordn = np.asarray(ordn, np.int64)
+        off = np.empty(len(ordn), np.int64)
+        ts = np.empty(len(ordn), np.int64)
+        ln = np.empty(len(ordn), np.int64)
+        if len(ordn) == 0:
+            return off, ts, ln
+        cidx = ordn // K.CHUNK
+        bounds = np.flatnonzero(np.diff(cidx)) + 1 if np.all(np.diff(ordn) >= 0) else None
+        if bounds is None:
+            o = np.argsort(ordn, kind="stable")
+            a, b, c = self.table(ordn[o])
+            off[o], ts[o], ln[o] = a, b, c
+            return off, ts, ln
+        starts = np.concatenate([[0], bounds])
+        ends = np.append(bounds, len(ordn))
+        for s, e in zip(starts.tolist(), ends.tolist()):
+            c = int(cidx[s])
+            co, ct, cend = self.chunk(c)
+            local = ordn[s:e] - c * K.CHUNK
+            nxt = np.append(co[1:], cend)
+            off[s:e] = co[local]
+            ts[s:e] = ct[local]
+            ln[s:e] = nxt[local] - co[local]
+        return off, ts, ln
+
+    def time_range(self, lo: int | None, hi: int | None) -> np.ndarray:
+        """Ordinals with lo <= ts < hi (None = open), exact, via the chunk table."""
+        nchunks = len(self.chunk_min)
+        parts = []
+        for c in range(nchunks):
+            cmin, cmax = int(self.chunk_min[c]), int(self.chunk_max[c])
+            if (lo is not None and cmax < lo) or (hi is not None and cmin >= hi):
+                continue
+            base = c * K.CHUNK
+            n = min(K.CHUNK, self.count - base)
+            if (lo is None or cmin >= lo) and (hi is None or cmax < hi):
+                parts.append(np.arange(base, base + n, dtype=np.int64))
+                continue
+            _, ts, _ = self.chunk(c)
+            m = np.ones(len(ts), bool)
+            if lo is not None:
+                m &= ts >= lo
+            if hi is not None:
+                m &= ts < hi
+            parts.append(np.flatnonzero(m).astype(np.int64) + base)
+        if not parts:
+            return np.empty(0, np.int64)
+        return np.concatenate(parts)
+
+
+# ---- records -------------------------------------------------------------------
+def read_recs(rec_path: os.PathLike | str, pcap_size: int | None = None) -> np.ndarray:
+    """Whole records of a .rec file; with pcap_size, only those whose packet lies
+    wholly inside the first pcap_size bytes of the packet file."""
+    with open(rec_path, "rb") as f:
+        data = f.read()
+    n = len(data) // layout.REC_DTYPE.itemsize
+    recs = np.frombuffer(data, dtype=layout.REC_DTYPE, count=n)
+    if pcap_size is not None and n:
+        ok = recs["offset"].astype(np.int64) + 16 + recs["caplen"].astype(np.int64) <= pcap_size
+        if not ok.all():
+            recs = recs[ok]
+    return recs
+
+
+def recs_from_pcap(pcap_path: os.PathLike | str) -> np.ndarray:
+    """Records of a complete nanosecond packet file, made by the native parser."""
+    from ..native import api
+
+    with open(pcap_path, "rb") as f:
+        data = f.read()
+    if len(data) < 24:
+        return np.zeros(0, layout.REC_DTYPE)
+    magic = data[:4]
+    if magic == b"\x4d\x3c\xb2\xa1":
+        nsec = True
+    elif magic == b"\xd4\xc3\xb2\xa1":
+        nsec = False
+    else:
+        raise StoreError(f"{pcap_path} is not a little-endian pcap file (magic {magic.hex()})")
+    recs, _consumed = api.index_pcap(memoryview(data)[24:], 24, nsec)
+    return recs
+
+
+def index_file(pf, recs: np.ndarray | None = None) -> int:
+    """Index one complete PacketFile (store.PacketFile); returns index bytes."""
+    size = os.path.getsize(pf.pcap)
+    if recs is None:
+        if pf.rec.exists():
+            recs = read_recs(pf.rec, size)
+        else:
+            recs = recs_from_pcap(pf.pcap)
+    n = build_index(recs, pf.idx, size)
+    try:
+        pf.rec.unlink()
+    except FileNotFoundError:
+        pass
+    return n
+
+
+def index_completed(store) -> int:
+    """Index every complete packet file that has no index yet. Returns how many."""
+    done = 0
+    for pf in store.files(include_open=False):
+        if pf.idx.is_dir():
+            if pf.rec.exists():  # indexed but crashed before deleting the .rec
+                pf.rec.unlink(missing_ok=True)
+            continue
+        try:
+            index_file(pf)
+            done += 1
+        except StoreError:
+            raise
+        except OSError as e:
+            log.warning("indexing %s failed: %s", pf.pcap, e)
+    return done

@@ -1,0 +1,259 @@
+"""Index key encodings: the ONE module that says what an index key and value
+look like. The indexer (index.py) writes them, the query engine (engine.py)
+reads them; nothing else builds keys by hand.
+
+Key  = one type byte + a big-endian value (so a prefix range = a value range):
+
+    0x00 + name         metadata (see META_*), values below
+    0x01 + u8           IP protocol (after IPv6 extension headers), IPv4 or IPv6
+    0x02 + u16          TCP/UDP source port       (only packets with F_PORTS:
+    0x03 + u16          TCP/UDP destination port   non-first fragments get none)
+    0x04 + 4 bytes      IPv4 source
+    0x05 + 4 bytes      IPv4 destination
+    0x06 + 16 bytes     IPv6 source
+    0x07 + 16 bytes     IPv6 destination
+    0x08 + u16          VLAN id, any kept tag (the first two tags: outer and inner)
+    0x09 + u32          MPLS label (the first label)
+    0x0a + u8           address family: 4 (F_IPV4) or 6 (F_IPV6)
+    0x0b + u8           flag bit set in sxdp_rec.flags (one key per F_* bit)
+    0x10 + u32          chunk N of the per-packet table (offsets and timestamps of
+                        packets N*CHUNK .. N*CHUNK+CHUNK-1, in file order)
+
+Positions ("ordinals") are the packet's index in its file (0-based, file order).
+A postings value is the sorted ordinal array, delta-encoded, stored as a
+numpy array of the narrowest unsigned width that holds the largest delta
+(see pack_u / unpack_u); RocksDB compresses the blocks (zstd) on top.
+
+The chunk table maps ordinal -> (file offset of the pcap record header,
+timestamp ns). It is the universe for time-only and `not` queries, and,
+with the META_CHUNK_TS summary (min/max ts of each chunk), the time-seek table:
+a time-bounded query decodes only the chunks whose range overlaps.
+
+Format version: META_VERSION holds a u32 BE; readers refuse any other value
+with IndexFormatError.
+"""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+FORMAT_VERSION = 1
+CHUNK = 4096  # packets per chunk of the per-packet table
+
+T_META = 0x00
+T_PROTO = 0x01
+T_SPORT = 0x02
+T_DPORT = 0x03
+T_SRC4 = 0x04
+T_DST4 = 0x05
+T_SRC6 = 0x06
+T_DST6 = 0x07
+T_VLAN = 0x08
+T_MPLS = 0x09
+T_FAMILY = 0x0A
+T_FLAG = 0x0B
+T_CHUNK = 0x10
+
+TYPE_NAMES = {
+    T_META: "meta", T_PROTO: "proto", T_SPORT: "sport", T_DPORT: "dport", T_SRC4: "src4",
+    T_DST4: "dst4", T_SRC6: "src6", T_DST6: "dst6", T_VLAN: "vlan", T_MPLS: "mpls",
+    T_FAMILY: "family", T_FLAG: "flag", T_CHUNK: "chunk",
+}
+# width in bytes of the value part of each key type
+VALUE_LEN = {T_PROTO: 1, T_SPORT: 2, T_DPORT: 2, T_SRC4: 4, T_DST4: 4, T_SRC6: 16, T_DST6: 16,
+             T_VLAN: 2, T_MPLS: 4, T_FAMILY: 1, T_FLAG: 1, T_CHUNK: 4}
+
+META_VERSION = b"\x00version"  # u32 BE
+META_COUNT = b"\x00count"  # u64 BE: packets in the file
+META_FIRST_TS = b"\x00first_ts"  # u64 BE ns (minimum over the file)
+META_LAST_TS = b"\x00last_ts"  # u64 BE ns (maximum over the file)
+META_BYTES = b"\x00bytes"  # u64 BE: packet file bytes covered
+META_SORTED = b"\x00sorted"  # u8: 1 if timestamps are non-decreasing in file order
+META_CHUNK_TS = b"\x00chunk_ts"  # u64 LE array [min0, max0, min1, max1, ...]
+META_KEYS = (META_VERSION, META_COUNT, META_FIRST_TS, META_LAST_TS, META_BYTES, META_SORTED, META_CHUNK_TS)
+
+
+def u64(v: int) -> bytes:
+    return struct.pack(">Q", v)
+
+
+def get_u64(b: bytes) -> int:
+    return struct.unpack(">Q", b)[0]
+
+
+def u32(v: int) -> bytes:
+    return struct.pack(">I", v)
+
+
+def get_u32(b: bytes) -> int:
+    return struct.unpack(">I", b)[0]
+
+
+def key(ktype: int, value: bytes) -> bytes:
+    return bytes([ktype]) + value
+
+
+def proto_key(p: int) -> bytes:
+    return bytes([T_PROTO, p & 0xFF])
+
+
+def port_key(port: int, src: bool) -> bytes:
+    return bytes([T_SPORT if src else T_DPORT]) + struct.pack(">H", port)
+
+
+def addr_key(addr: bytes, src: bool) -> bytes:
+    if len(addr) == 4:
+        return bytes([T_SRC4 if src else T_DST4]) + addr
+    if len(addr) == 16:
+        return bytes([T_SRC6 if src else T_DST6]) + addr
+    raise ValueError(f"address of {len(addr)} bytes")
+
+
+def addr_range(addr: bytes, prefix: int, src: bool) -> tuple[bytes, bytes]:
+    """[lo, hi] inclusive key range for addr/prefix."""
+    n = len(addr)
+    a = int.from_bytes(addr, "big")
+    bits = n * 8
+    host = (1 << (bits - prefix)) - 1 if prefix < bits else 0
+    lo = (a & ~host) & ((1 << bits) - 1)
+    hi = lo | host
+    t = (T_SRC4 if src else T_DST4) if n == 4 else (T_SRC6 if src else T_DST6)
+    return bytes([t]) + lo.to_bytes(n, "big"), bytes([t]) + hi.to_bytes(n, "big")
+
+
+def port_range(lo: int, hi: int, src: bool) -> tuple[bytes, bytes]:
+    t = T_SPORT if src else T_DPORT
+    return bytes([t]) + struct.pack(">H", lo), bytes([t]) + struct.pack(">H", hi)
+
+
+def vlan_key(vid: int) -> bytes:
+    return bytes([T_VLAN]) + struct.pack(">H", vid & 0xFFFF)
+
+
+def mpls_key(label: int) -> bytes:
+    return bytes([T_MPLS]) + struct.pack(">I", label & 0xFFFFFFFF)
+
+
+def family_key(v: int) -> bytes:
+    return bytes([T_FAMILY, v])
+
+
+def flag_key(bit: int) -> bytes:
+    return bytes([T_FLAG, bit])
+
+
+def chunk_key(n: int) -> bytes:
+    return bytes([T_CHUNK]) + struct.pack(">I", n)
+
+
+# ---- array packing ------------------------------------------------------------
+# value = 1 byte code + raw little-endian array. code: low nibble = width in
+# bytes (1, 2, 4, 8), bit 0x10 = signed. Arrays of deltas are stored this way.
+def _width_u(mx: int) -> int:
+    return 1 if mx < 1 << 8 else 2 if mx < 1 << 16 else 4 if mx < 1 << 32 else 8
+
+
+def _width_s(mn: int, mx: int) -> int:
+    for w in (1, 2, 4):
+        lim = 1 << (8 * w - 1)
+        if -lim <= mn and mx < lim:
+            return w
+    return 8
+
+
+def pack_array_u(a: np.ndarray) -> bytes:
+    a = np.asarray(a, dtype=np.uint64)
+    w = _width_u(int(a.max())) if a.size else 1
+    return bytes([w]) + a.astype(f"<u{w}").tobytes()
+
+
+def pack_array_s(a: np.ndarray) -> bytes:
+    a = np.asarray(a, dtype=np.int64)
+    w = _width_s(int(a.min()), int(a.max())) if a.size else 1
+    return bytes([0x10 | w]) + a.astype(f"<i{w}").tobytes()
+
+
+def unpack_array(b: bytes | memoryview, off: int = 0, count: int | None = None) -> tuple[np.ndarray, int]:
+    """Decode one packed array starting at b[off]; return (array as int64/uint64, end offset).
+    count=None means the array runs to the end of b."""
+    code = b[off]
+    w = code & 0x0F
+    signed = bool(code & 0x10)
+    if w not in (1, 2, 4, 8):
+        raise ValueError(f"bad array code {code:#x}")
+    n = (len(b) - off - 1) // w if count is None else count
+    dt = np.dtype(f"<i{w}" if signed else f"<u{w}")
+    arr = np.frombuffer(b, dtype=dt, count=n, offset=off + 1)
+    return arr.astype(np.int64 if signed else np.uint64), off + 1 + n * w
+
+
+def encode_positions(pos: np.ndarray) -> bytes:
+    """Sorted unique ordinals -> value bytes (first value, then deltas)."""
+    pos = np.asarray(pos, dtype=np.uint64)
+    if pos.size == 0:
+        return pack_array_u(pos)
+    d = np.empty_like(pos)
+    d[0] = pos[0]
+    np.subtract(pos[1:], pos[:-1], out=d[1:])
+    return pack_array_u(d)
+
+
+def decode_positions(b: bytes) -> np.ndarray:
+    d, _ = unpack_array(b)
+    return np.cumsum(d, dtype=np.uint64).astype(np.int64)
+
+
+def encode_chunk(offsets: np.ndarray, ts: np.ndarray, end: int) -> bytes:
+    """One chunk of the per-packet table: count (u32 LE), end (u64 LE: the file
+    offset just past the chunk's last record, so every record's length is the
+    next offset minus its own), offsets (first + deltas), timestamps (first +
+    signed deltas)."""
+    n = len(offsets)
+    o = np.asarray(offsets, dtype=np.uint64)
+    t = np.asarray(ts, dtype=np.int64)
+    od = np.empty(n, np.uint64)
+    td = np.empty(n, np.int64)
+    if n:
+        od[0] = o[0]
+        np.subtract(o[1:], o[:-1], out=od[1:])
+        td[0] = t[0]
+        np.subtract(t[1:], t[:-1], out=td[1:])
+    return struct.pack("<IQ", n, end) + pack_array_u(od) + pack_array_s(td)
+
+
+def decode_chunk(b: bytes) -> tuple[np.ndarray, np.ndarray, int]:
+    """-> (offsets, timestamps, end offset)."""
+    n, end = struct.unpack_from("<IQ", b, 0)
+    od, off = unpack_array(b, 12, n)
+    td, _ = unpack_array(b, off, n)
+    return np.cumsum(od, dtype=np.uint64).astype(np.int64), np.cumsum(td, dtype=np.int64), end
+
+
+def encode_chunk_ts(mins: np.ndarray, maxs: np.ndarray) -> bytes:
+    a = np.empty(2 * len(mins), "<u8")
+    a[0::2] = mins
+    a[1::2] = maxs
+    return a.tobytes()
+
+
+def decode_chunk_ts(b: bytes) -> tuple[np.ndarray, np.ndarray]:
+    a = np.frombuffer(b, "<u8").astype(np.int64)
+    return a[0::2], a[1::2]
+
+
+def describe(k: bytes) -> str:
+    """Human-readable form of a key (for debugging and `stenoctl` dumps)."""
+    if not k:
+        return "<empty>"
+    t, v = k[0], k[1:]
+    name = TYPE_NAMES.get(t, f"type{t:#x}")
+    if t == T_META:
+        return f"meta:{v.decode(errors='replace')}"
+    if t in (T_SRC4, T_DST4) and len(v) == 4:
+        return f"{name}:{'.'.join(str(x) for x in v)}"
+    if t in (T_SRC6, T_DST6) and len(v) == 16:
+        import ipaddress
+
+        return f"{name}:{ipaddress.IPv6Address(v)}"
+    return f"{name}:{int.from_bytes(v, 'big')}"
