@@ -89,10 +89,11 @@ class IfaceConfig:
     retention: Retention = _f(help="Retention of this interface's data ([iface.retention]).", factory=Retention)
     rotate_seconds: float = _f(60.0, "Close a packet file (it becomes indexed and queryable from its index) "
                                "after this many seconds.", kind="duration")
-    rotate_bytes: int = _f(MAX_ROTATE_BYTES, "Close a packet file at this size (at most 4GiB). On a small file "
-                           "system files rotate earlier so the free-space floor holds.", kind="bytes")
+    rotate_bytes: int = _f(MAX_ROTATE_BYTES, "Close a packet file at this size (at most 4GiB). Retention deletes "
+                           "only completed files, so on a small file system keep it to about 1 % of the file "
+                           "system per queue (`stenoctl config show` warns).", kind="bytes")
     frame_size: int = _f(4096, "UMEM chunk size in bytes: 2048 or 4096 (frames longer than the chunk minus "
-                         "headroom are truncated).", kind="bytes")
+                         "headroom are truncated).")
     umem_frames: int = _f(4096, "UMEM chunks per queue (a power of two, at least ring_size). Memory locked per "
                           "queue is frame_size * umem_frames plus the rings.")
     ring_size: int = _f(2048, "Entries in each AF_XDP ring (RX, fill); a power of two.")
@@ -728,7 +729,8 @@ def docs_markdown() -> str:
         out += [f"## {title}", "", (cls.__doc__ or "").strip(), "", "| field | type | default | meaning |",
                 "|---|---|---|---|"]
         for f in fields(cls):
-            out.append(f"| `{pfx}{f.name}` | {_type_text(f)} | {_default_text(f)} | "
+            nm = "[[iface]]" if cls is Config and f.name == "ifaces" else f.name
+            out.append(f"| `{pfx}{nm}` | {_type_text(f)} | {_default_text(f)} | "
                        f"{f.metadata.get('help', '').replace('|', '/')} |")
         out.append("")
     out += ["## Mapping from Stenographer's config", "",

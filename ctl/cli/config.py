@@ -21,6 +21,22 @@ def load_any(config: Optional[Path], stenographer_config: Optional[Path]):
     return cfgmod.from_stenographer(stenographer_config)
 
 
+def size_warnings(cfg, mp) -> list[str]:
+    """rotate_bytes too big for the file system a store is on (the floor could be crossed by a file)."""
+    from ..memory import fmt
+    from ..retention import effective_rotate_bytes
+
+    out = []
+    for i, c in enumerate(cfg.ifaces):
+        nq = mp.ifaces[i].queues
+        for s in c.stores():
+            want = effective_rotate_bytes(c.rotate_bytes, s.dir, s.retention.min_free_percent, nq)
+            if want < c.rotate_bytes:
+                out.append(f"iface[{i}].rotate_bytes: {fmt(c.rotate_bytes)} files are big for the file system of "
+                           f"{s.dir}; set rotate_bytes = {want} or less so the free-space floor holds")
+    return out
+
+
 def register(app: typer.Typer) -> None:
     cfg_app = typer.Typer(help="The config: show the effective config and the memory it locks; make its docs.",
                           no_args_is_help=True)
@@ -43,7 +59,7 @@ def register(app: typer.Typer) -> None:
         paths = cfgmod.check_paths(cfg)
         if as_json:
             print(json.dumps({"config": cfgmod.to_dict(cfg), "ignored": ignored, "memory": mp.as_dict(),
-                              "problems": paths + mp.problems()}, indent=2))
+                              "problems": paths + mp.problems(), "warnings": size_warnings(cfg, mp)}, indent=2))
         else:
             out = [cfgmod.dump(cfg).rstrip(), ""]
             if ignored:
@@ -52,6 +68,11 @@ def register(app: typer.Typer) -> None:
                 out.append("")
             out.append("# memory:")
             out += [f"#   {x}" for x in mp.lines()]
+            warn = size_warnings(cfg, mp)
+            if warn:
+                out.append("")
+                out.append("# warnings:")
+                out += [f"#   {x}" for x in warn]
             probs = paths + mp.problems()
             if probs:
                 out.append("")
