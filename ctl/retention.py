@@ -357,6 +357,7 @@ class RetentionLoop:
         self.rate = 0.0  # bytes/s the packets file system fills at (EWMA of statvfs samples)
         self._sample: tuple[float, int] | None = None
         self._pending: list[Deletion] = []
+        self.orphans_removed = 0
         self.scanner = Scanner(store, iface)
         self.stats = RetentionStats()
         self.lock = threading.Lock()
@@ -394,6 +395,7 @@ class RetentionLoop:
                 use = self.usage(opened)
                 plan = plan_deletions(files, use, self.policy, self.clock())
                 done = apply(self.store, plan)
+                self.orphans_removed += self._sweep_orphan_indexes(files, opened)
             except OSError as e:
                 self.stats.errors += 1
                 self.stats.last_error = f"{type(e).__name__}: {e}"
@@ -455,6 +457,33 @@ class RetentionLoop:
             return False
         return pk.free < need + self.last.get("reserve_bytes", 0) + int(self.rate * self.horizon)
 
+    def _sweep_orphan_indexes(self, files: list[FileInfo], opened: list[OpenFile]) -> int:
+        """An index finished by the indexer just after its packet file was deleted: remove it (an index
+        is only ever built for a completed packet file, so one without its .pcap is garbage)."""
+        have: dict[tuple[str, int], set[int]] = {}
+        for f in files:
+            have.setdefault((f.iface, f.queue), set()).add(f.stamp)
+        n = 0
+        for ifc in [self.iface] if self.iface else self.store.ifaces():
+            for q in self.store.queues(ifc):
+                d = self.store.index_queue_dir(ifc, q)
+                try:
+                    names = os.listdir(d)
+                except OSError:
+                    continue
+                for nm in names:
+                    if not (nm.endswith(IDX_SUFFIX) and len(nm) == 19 + len(IDX_SUFFIX) and nm[:19].isdigit()):
+                        continue
+                    stamp = int(nm[:19])
+                    if stamp in have.get((ifc, q), ()):
+                        continue
+                    pcap = self.store.final_paths(ifc, q, stamp)[0]
+                    if pcap.exists() or pcap.with_name("." + pcap.name).exists():
+                        continue  # completed after the scan
+                    shutil.rmtree(d / nm, ignore_errors=True)
+                    n += 1
+        return n
+
     def take_done(self) -> list[Deletion]:
         """Deletions done since the last call (for a caller that logs or counts them)."""
         with self.lock:
@@ -496,7 +525,7 @@ class RetentionLoop:
         return {"policy": asdict(self.policy), **{k: v for k, v in self.last.items() if not k.startswith("_")},
                 "runs": st.runs, "files_deleted": st.files_deleted, "bytes_deleted": st.bytes_deleted,
                 "deleted_by_reason": dict(st.by_reason), "bytes_by_reason": dict(st.bytes_by_reason),
-                "errors": st.errors, "last_error": st.last_error, "floor_unreachable": st.floor_unreachable,
+                "errors": st.errors, "last_error": st.last_error, "orphan_indexes_removed": self.orphans_removed, "floor_unreachable": st.floor_unreachable,
                 "recent": list(st.recent[-10:])}
 
 

@@ -298,3 +298,17 @@ def test_enforce_keeps_a_loop_and_reports_each_deletion_once(tmp_path):
         assert R.loop_for(store, "eth1").status()["files_deleted"] == 3
     finally:
         R.stop_all()
+
+
+def test_loop_removes_index_finished_after_its_file_was_deleted(tmp_path):
+    store = Store(tmp_path / "s").init()
+    make_file(store, "eth1", 0, 100 * S)
+    make_file(store, "eth1", 0, 101 * S)
+    late = store.final_paths("eth1", 0, 50 * S)[2]  # the indexer renamed it in after the deletion
+    late.mkdir(parents=True)
+    tmp = late.with_name("." + late.name + ".tmp")  # a build in progress is not touched
+    tmp.mkdir()
+    loop = RetentionLoop(store, "eth1", OFF)
+    loop.run_once()
+    assert not late.exists() and tmp.exists() and store.final_paths("eth1", 0, 100 * S)[2].exists()
+    assert loop.status()["orphan_indexes_removed"] == 1
