@@ -312,3 +312,70 @@ def test_loop_removes_index_finished_after_its_file_was_deleted(tmp_path):
     loop.run_once()
     assert not late.exists() and tmp.exists() and store.final_paths("eth1", 0, 100 * S)[2].exists()
     assert loop.status()["orphan_indexes_removed"] == 1
+
+
+KILL_CHILD = r"""
+import sys
+from stenoxdp.config import Retention
+from stenoxdp.retention import RetentionLoop
+from stenoxdp.store import Store
+loop = RetentionLoop(Store(sys.argv[1]), "eth1", Retention(min_free_percent=0, max_files=1))
+print("ready", flush=True)
+loop.run_once()
+print("done", flush=True)
+"""
+
+
+def test_kill9_during_deletion_20_rounds_then_salvage(tmp_path):
+    """A real process deleting, SIGKILLed at random moments: after salvage every pair is whole or
+    gone, nothing is orphaned, and what is gone is always the oldest."""
+    import random
+    import subprocess
+    import sys
+    import time
+
+    from stenoxdp.salvage import salvage_store
+
+    rng = random.Random(5)
+    store = Store(tmp_path / "s").init()
+    n = 12
+    interrupted = 0
+    window = 0.004  # adapted so kills keep landing inside the deletion run on a slow or busy machine
+    for rnd in range(20):
+        for p in (store.packets_root, store.index_root):
+            import shutil
+
+            shutil.rmtree(p, ignore_errors=True)
+        store.init()
+        for i in range(n):
+            pcap, rec, idx = make_file(store, "eth1", 0, (100 + i) * S, indexed=i % 2 == 0)
+            if i % 2 == 0:
+                for k in range(40):  # make the index removal take a while
+                    (idx / f"{k:06d}.sst").write_bytes(b"x")
+        child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(store.root)], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0, window))
+        child.kill()
+        child.wait()
+        salvage_store(store, index_pcap=None)
+        q, iq = store.queue_dir("eth1", 0), store.index_queue_dir("eth1", 0)
+        names = set(os.listdir(q))
+        inames = set(os.listdir(iq))
+        assert not [x for x in names if x.startswith(".")], names
+        left = sorted(int(x[:19]) for x in names if x.endswith(".pcap"))
+        assert left == [(100 + i) * S for i in range(n - len(left), n)]  # the oldest went first
+        interrupted += 0 < n - len(left) < n - 1
+        window = window * 1.5 if len(left) == n else window / 1.5 if len(left) == 1 else window
+        for st_ in left:
+            i = st_ // S - 100
+            has_rec = f"{st_:019d}.rec" in names
+            has_idx = f"{st_:019d}.idx" in inames
+            assert (has_idx if i % 2 == 0 else has_rec), (i, names, inames)  # each pair whole
+        assert {int(x[:19]) for x in names if x.endswith(".rec")} <= set(left)  # no orphans
+        assert {int(x[:19]) for x in inames} <= set(left)
+        # and the next run finishes the job without deleting anything twice
+        loop = RetentionLoop(store, "eth1", Retention(min_free_percent=0, max_files=1))
+        done = loop.run_once()
+        assert len(done) == len(left) - 1 and len({d.stamp for d in done}) == len(done)
+    assert interrupted >= 1, interrupted  # at least one kill landed mid-deletion
+    print("interrupted rounds:", interrupted)
