@@ -385,3 +385,61 @@ def test_real_capture_program_verdicts_match_libpcap():
                 assert captured == want, (e, fr.hex())
                 want_filtered += not want
             assert prog.counters()["filtered"] - c0 == want_filtered
+
+
+def _write_pcap(path, frames, nano=True):
+    with open(path, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B23C4D if nano else 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+        for n, fr in enumerate(frames):
+            f.write(struct.pack("<IIII", 1_700_000_000 + n, (123_456_789 + 7 * n) % (10 ** 9 if nano else 10 ** 6),
+                                len(fr), len(fr) + (n % 3 == 0) * 4) + fr)
+
+
+@pytest.mark.parametrize("expr", ["udp and not port 53", "vlan or mpls", "tcp[tcpflags] & tcp-syn != 0"])
+def test_cli_filter_test_writes_what_tcpdump_keeps(tmp_path, stenoctl, expr):
+    """`stenoctl filter test` through the real capture program keeps exactly
+    the packets tcpdump's filter keeps, records byte-identical, for pcap (ns
+    and us) and pcapng input (pcapng made by editcap, compared via tcpdump)."""
+    import shutil
+    import subprocess
+
+    frames = corpus(1500)
+    for nano in (True, False):
+        src, out, ref = tmp_path / f"in{nano}.pcap", tmp_path / f"out{nano}.pcap", tmp_path / f"ref{nano}.pcap"
+        _write_pcap(src, frames, nano)
+        r = subprocess.run([stenoctl, "filter", "test", expr, str(src), "-w", str(out)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        prec = ["--time-stamp-precision=nano"] if nano else []
+        subprocess.run(["tcpdump", "-r", str(src), *prec, "-w", str(ref), expr], check=True, capture_output=True)
+        assert out.read_bytes() == ref.read_bytes()
+        kept = sum(cbpf.PcapMatcher(cbpf.compile_expr(expr))(fr) != 0 for fr in frames)
+        assert f"{len(frames)} packets: {kept} captured, {len(frames) - kept} filtered out" in r.stdout
+    if shutil.which("editcap"):
+        ng, out_ng = tmp_path / "in.pcapng", tmp_path / "out.pcapng"
+        subprocess.run(["editcap", "-F", "pcapng", str(tmp_path / "inTrue.pcap"), str(ng)], check=True)
+        r = subprocess.run([stenoctl, "filter", "test", expr, str(ng), "-w", str(out_ng)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert out_ng.read_bytes()[:4] == b"\x0a\x0d\x0d\x0a"
+        a, b = tmp_path / "a.pcap", tmp_path / "b.pcap"
+        subprocess.run(["tcpdump", "-r", str(out_ng), "--time-stamp-precision=nano", "-w", str(a)], check=True, capture_output=True)
+        subprocess.run(["tcpdump", "-r", str(ng), "--time-stamp-precision=nano", "-w", str(b), expr], check=True, capture_output=True)
+        assert a.read_bytes() == b.read_bytes()
+
+
+def test_cli_filter_test_hex_and_skips(tmp_path, stenoctl):
+    import subprocess
+
+    f = cbpf.Filter.from_expr("udp")
+    frames = corpus(200) + [b"\xff" * 12 + b"\x08\x00" + bytes(5000)]
+    src, out = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    _write_pcap(src, frames)
+    r = subprocess.run([stenoctl, "filter", "test", "--filter-hex", f.hex, str(src), "-w", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "1 skipped" in r.stdout
+    bad = subprocess.run([stenoctl, "filter", "test", "udp port", str(src)], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    notcap = tmp_path / "x.txt"
+    notcap.write_text("hello world\n")
+    bad = subprocess.run([stenoctl, "filter", "test", "udp", str(notcap)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a pcap or pcapng file" in bad.stderr
