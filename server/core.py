@@ -36,7 +36,7 @@ class Limits:
     max_concurrent: int = 8              # queries at once, all transports; more -> BusyError
     slot_wait: float = 2.0               # how long a query waits for a free slot before BusyError
     max_answer_bytes: int = 4 << 30      # server cap on one answer; 0 = none
-    max_seconds: float = 3600.0          # server cap on one query's duration
+    max_seconds: float = 3600.0          # server cap on one query's duration; 0 = none
     send_timeout: float = 60.0           # a client that accepts no data this long is dropped
     queue_chunks: int = 16               # engine -> sender queue depth (bounded memory per query)
     max_query_chars: int = 65536
@@ -114,7 +114,8 @@ class Answer:
         self.server_bound = server_bound  # the byte limit in force is the server's, not the client's
         self.limit_packets = limit_packets
         self.t0 = time.monotonic()
-        self.deadline = self.t0 + svc.limits.max_seconds
+        ms = svc.limits.max_seconds
+        self.deadline = self.t0 + ms if ms and ms > 0 else float("inf")
         self.last_progress = self.t0
         self.bytes = 0
         self.q: queue.Queue = queue.Queue(maxsize=max(1, svc.limits.queue_chunks))

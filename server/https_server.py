@@ -202,7 +202,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.end_headers()
             w = self.wfile
-            for data in answer:
+            it = iter(answer)  # kept referenced so the except clauses below name the outcome first
+            for data in it:
                 w.write(b"%x\r\n" % len(data))
                 w.write(data)
                 w.write(b"\r\n")
@@ -210,6 +211,8 @@ class Handler(BaseHTTPRequestHandler):
         except (ServerError, QueryError) as e:
             # headers are gone: end without the last chunk so the client sees an error
             log.info("https %s: answer stopped: %s", self.client.peer, e)
+        except TimeoutError:
+            answer.close(f"cancelled: client accepted no data for {svc.limits.send_timeout:g} s")
         except (OSError, ssl.SSLError) as e:
             answer.close(f"cancelled: client connection failed: {type(e).__name__}")
         except Exception as e:
