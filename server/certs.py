@@ -165,9 +165,30 @@ def _check_name(name: str) -> None:
                         f"(not ca/server/crl)")
 
 
+def _ids(owner: str | None, group: str | None) -> tuple[int, int]:
+    import grp
+    import pwd
+
+    uid = gid = -1
+    if owner:
+        try:
+            uid = pwd.getpwnam(owner).pw_uid
+        except KeyError:
+            raise CertError(f"--owner {owner!r}: no such user (create the service user first)") from None
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise CertError(f"--group {group!r}: no such group (create it, e.g. `groupadd {group}`)") from None
+    return uid, gid
+
+
 def init(directory: os.PathLike | str, host: str, *, force: bool = False,
-         extra_hosts: list[str] | None = None) -> list[Path]:
-    """Create the CA, the server certificate (SAN: host + loopback) and the default client."""
+         extra_hosts: list[str] | None = None, owner: str | None = None, group: str | None = None) -> list[Path]:
+    """Create the CA, the server certificate (SAN: host + loopback) and the default client.
+    Permission model as Stenographer's: ca_key 0400 (creator, i.e. root), server_key 0400
+    owned by `owner` (the service user), client_key 0440 with group `group`."""
+    uid, gid = _ids(owner, group)
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o755)
@@ -203,6 +224,11 @@ def init(directory: os.PathLike | str, host: str, *, force: bool = False,
     except FileNotFoundError:
         pass
     write_crl(d, [])
+    if uid >= 0:
+        os.chown(d / SERVER_KEY, uid, -1)
+        os.chown(d / SERVER_CERT, uid, -1)
+    if gid >= 0:
+        os.chown(d / CLIENT_KEY, -1, gid)
     return [d / n for n in (CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, CLIENT_CERT, CLIENT_KEY, CRL_FILE)]
 
 
@@ -211,10 +237,12 @@ def client_paths(directory: os.PathLike | str, name: str = "client") -> tuple[Pa
     return d / f"{name}_cert.pem", d / f"{name}_key.pem"
 
 
-def issue(directory: os.PathLike | str, name: str, *, force: bool = False,
+def issue(directory: os.PathLike | str, name: str, *, force: bool = False, group: str | None = None,
           not_before: dt.datetime | None = None, not_after: dt.datetime | None = None) -> tuple[Path, Path]:
-    """Issue a client certificate NAME_cert.pem / NAME_key.pem signed by the CA in directory."""
+    """Issue a client certificate NAME_cert.pem / NAME_key.pem signed by the CA in directory
+    (key 0440, group `group` when given)."""
     _check_name(name)
+    _, gid = _ids(None, group)
     d = Path(directory)
     ca, ca_key = CertDir(d).load_ca()
     cpath, kpath = client_paths(d, name)
@@ -224,6 +252,8 @@ def issue(directory: os.PathLike | str, name: str, *, force: bool = False,
     cert = _leaf(_name(name, "client"), key, ca, ca_key, server=False, not_before=not_before, not_after=not_after)
     _write(kpath, _key_pem(key), 0o440)
     _write(cpath, _cert_pem(cert), 0o444)
+    if gid >= 0:
+        os.chown(kpath, -1, gid)
     return cpath, kpath
 
 

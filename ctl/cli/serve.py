@@ -30,10 +30,13 @@ def certs_init(
                              "127.0.0.1, ::1 and localhost are always added)."),
     extra_host: List[str] = typer.Option([], "--extra-host", help="More names/IPs for the server SAN (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing CA (every old certificate stops working)."),
+    owner: Optional[str] = typer.Option(None, "--owner", help="Service user that owns server_key.pem (0400), "
+                                        "as Stenographer's 'stenographer' user."),
+    group: Optional[str] = typer.Option(None, "--group", help="Group that may read client_key.pem (0440)."),
 ) -> None:
     from stenoxdp.server import certs
 
-    paths = certs.init(dir, host, force=force, extra_hosts=extra_host)
+    paths = certs.init(dir, host, force=force, extra_hosts=extra_host, owner=owner, group=group)
     for p in paths:
         print(f"{oct(p.stat().st_mode & 0o777)[2:]:>4} {p}")
 
@@ -44,10 +47,11 @@ def certs_issue(
     name: str = typer.Argument(..., help="Client name (becomes the certificate's CN)."),
     dir: Path = typer.Option(..., "--dir", "-d", help="Certificate directory made by `certs init`."),
     force: bool = typer.Option(False, "--force", help="Replace an existing certificate of that name."),
+    group: Optional[str] = typer.Option(None, "--group", help="Group that may read NAME_key.pem (0440)."),
 ) -> None:
     from stenoxdp.server import certs
 
-    c, k = certs.issue(dir, name, force=force)
+    c, k = certs.issue(dir, name, force=force, group=group)
     print(c)
     print(k)
 

@@ -142,3 +142,17 @@ def test_cli(tmp_path, stenoctl):
     assert r.returncode == 0 and "revoked dave" in r.stdout
     r = subprocess.run([stenoctl, "certs", "revoke", "nobody", "--dir", str(d)], capture_output=True, text=True)
     assert r.returncode == 2 and "nobody_cert.pem does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_owner_group(tmp_path):
+    import grp
+    import pwd
+
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    group = grp.getgrgid(os.getegid()).gr_name
+    certs.init(tmp_path, "127.0.0.1", owner=user, group=group)
+    assert os.stat(tmp_path / "client_key.pem").st_gid == os.getegid()
+    with pytest.raises(CertError, match="no such group"):
+        certs.issue(tmp_path, "x", group="no-such-group-sxdp")
+    with pytest.raises(CertError, match="no such user"):
+        certs.init(tmp_path / "b", "127.0.0.1", owner="no-such-user-sxdp")
