@@ -239,3 +239,35 @@ def test_cli_bpf_show_has_filter_and_flags():
     assert "#define SXDP_FILTER_DEFINED 1" in r.stdout and "int sxdp_capture(" in r.stdout
     plain = _stenoctl("bpf", "show")
     assert "SXDP_FILTER_DEFINED 1" not in plain.stdout and "int sxdp_capture(" in plain.stdout
+
+
+def test_capture_reader_pcap_and_pcapng(tmp_path):
+    """The reader of `filter test`: records come back byte-for-byte from pcap
+    (both timestamp precisions, both byte orders) and pcapng (made by editcap)."""
+    import io
+
+    from stenoxdp.cli.filter import CaptureReader
+
+    frames = _frames(50)
+    for magic, endian in ((0xA1B23C4D, "<"), (0xA1B2C3D4, "<"), (0xA1B2C3D4, ">")):
+        head = struct.pack(endian + "IHHiIII", magic, 2, 4, 0, 0, 65535, 1)
+        recs = [struct.pack(endian + "IIII", 100 + i, i, len(f), len(f) + 1) + f for i, f in enumerate(frames)]
+        rd = CaptureReader(io.BytesIO(head + b"".join(recs)), "x")
+        assert rd.kind == "pcap" and rd.header == head and rd.linktype == 1
+        got = list(rd)
+        assert [g[0] for g in got] == recs and [g[1] for g in got] == frames
+        if endian == "<" and magic == 0xA1B2C3D4 and shutil.which("editcap"):
+            src, ng = tmp_path / "a.pcap", tmp_path / "a.pcapng"
+            src.write_bytes(head + b"".join(recs))
+            subprocess.run(["editcap", "-F", "pcapng", str(src), str(ng)], check=True, capture_output=True)
+            with open(ng, "rb") as f:
+                items = list(CaptureReader(f, str(ng)))
+            assert [it[1] for it in items if it[3]] == frames
+            assert all(it[2] == 1 for it in items if it[3])
+            assert b"".join(it[0] for it in items) == ng.read_bytes()
+    from stenoxdp.errors import UsageError
+
+    with pytest.raises(UsageError, match="not a pcap or pcapng"):
+        CaptureReader(io.BytesIO(b"hello world"), "x")
+    with pytest.raises(UsageError, match="truncated"):
+        list(CaptureReader(io.BytesIO(head + recs[0][:20]), "x"))
