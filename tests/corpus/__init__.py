@@ -1,0 +1,1 @@
+"""Hand-made frames shared by the parser, native and XDP tests."""
