@@ -204,7 +204,9 @@ class Lab:
 
 def trafgen_config(size: int, flows: int = 16) -> str:
     """A trafgen packet: Ethernet/IPv4/UDP to the capture port, ``size`` bytes,
-    source port cycling over ``flows`` values so flows spread over RX queues."""
+    source port cycling over ``flows`` values (1024 .. 1024+flows-1, at most
+    256) so flows spread over RX queues. trafgen's dinc() is a one-byte counter,
+    so the port is written as a constant high byte 0x04 and a counting low byte."""
     payload = max(0, size - 42)
     dmac = ", ".join(f"0x{b}" for b in HOST_MAC.split(":"))
     smac = ", ".join(f"0x{b}" for b in PEER_MAC.split(":"))
@@ -212,7 +214,7 @@ def trafgen_config(size: int, flows: int = 16) -> str:
   {dmac}, {smac}, c16(0x0800),
   0x45, 0, c16({size - 14}), drnd(2), c16(0x4000), 64, 17, csumip(14, 33),
   198, 18, 0, 1,  198, 18, 0, 2,
-  dinc(1024, {1024 + max(1, flows) - 1}), c16(9), c16({size - 34}), c16(0),
+  0x04, dinc(0, {min(256, max(1, flows)) - 1}), c16(9), c16({size - 34}), c16(0),
   fill(0x41, {payload}),
 }}
 """
