@@ -264,6 +264,10 @@ class Writer:
             if not sink.is_open:
                 sink.open_new()
                 last_flush = now
+            # near the size limit take fewer packets: a file ends at most one record past rotate_bytes
+            room = sink.rotate_bytes - sink.file_bytes
+            if room < n * self.max_rec:
+                n = max(1, room // self.max_rec)
             if sink.space() < n * self.max_rec:
                 blocked_until = self._guard(sink.write_blocks, now)
                 if blocked_until:

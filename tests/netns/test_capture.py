@@ -159,7 +159,13 @@ def test_known_frames_arrive_byte_for_byte(lab, dirs):
     q = st["ifaces"][0]["queues"][0]
     assert x["seen_pkts"] == x["redirected"] == len(frames)
     assert x["redirect_fail"] == 0
-    assert x["parse_err"] >= 5 * 3  # the malformed frames are counted, and still captured
+    # the malformed frames are counted (as the reference parser judges them), and still captured
+    from stenoxdp import layout
+    from stenoxdp.indexer.parse import parse_frame
+
+    malformed = sum(1 for f in frames if parse_frame(f)["flags"] & layout.F_MALFORMED)
+    assert malformed >= 4 * 3
+    assert x["parse_err"] == malformed
     assert q["counters"]["packets"] == len(frames)
     assert q["xsk"]["rx_dropped"] == 0 and q["xsk"]["rx_ring_full"] == 0
     # VLAN/QinQ tags that were on the wire are in the files
@@ -214,7 +220,7 @@ def test_rotation_by_age_and_by_size(lab, dirs, tmp_path):
     assert cap.returncode == 0
     files = packet_files(store2, lab.iface)
     assert len(files) >= 5, f"files did not rotate by size ({len(files)})"
-    assert all(f.stat().st_size <= 65536 + 4096 + 1016 for f in files)
+    assert all(f.stat().st_size <= 65536 + 16 + 1000 for f in files), "a file ran past rotate_bytes by more than one record"
     assert sum(len(read_pcap(f)) for f in files) == 400
     # the index records of every finished file are there (or already indexed)
     for f in files:
