@@ -92,12 +92,6 @@ def _type_columns(recs: np.ndarray):
     yield K.T_MPLS, 4, ordn[m], recs["mpls"][m].astype(">u4").view(np.uint8).reshape(-1, 4)
     fam = np.where(ip4, 4, np.where(ip6, 6, 0)).astype(np.uint8)
     yield K.T_FAMILY, 1, ordn[ip], fam[ip].reshape(-1, 1)
-    fo, fv = [], []
-    for bit in range(8):
-        m = (flags & (1 << bit)) != 0
-        fo.append(ordn[m])
-        fv.append(np.full((int(m.sum()), 1), bit, np.uint8))
-    yield K.T_FLAG, 1, np.concatenate(fo), np.concatenate(fv)
 
 
 def postings(recs: np.ndarray) -> list[tuple[bytes, bytes]]:
@@ -190,6 +184,11 @@ def build_index(recs: np.ndarray, idx_path: os.PathLike | str, file_size: int | 
         db.close()
     if sst.exists():
         sst.unlink()
+    # the info log and the options dump are not needed to open the DB (readers pass
+    # their options); they are ~30 KB per file, more than a small file's index
+    for p in tmp.iterdir():
+        if p.name.startswith(("LOG", "OPTIONS-")):
+            p.unlink()
     if idx_path.exists():
         shutil.rmtree(idx_path)
     os.replace(tmp, idx_path)

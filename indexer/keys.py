@@ -15,7 +15,7 @@ Key  = one type byte + a big-endian value (so a prefix range = a value range):
     0x08 + u16          VLAN id, any kept tag (the first two tags: outer and inner)
     0x09 + u32          MPLS label (the first label)
     0x0a + u8           address family: 4 (F_IPV4) or 6 (F_IPV6)
-    0x0b + u8           flag bit set in sxdp_rec.flags (one key per F_* bit)
+    0x0b                reserved (flag keys: measured as 8 % of the index, no query used them)
     0x10 + u32          chunk N of the per-packet table (offsets and timestamps of
                         packets N*CHUNK .. N*CHUNK+CHUNK-1, in file order)
 

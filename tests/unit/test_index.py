@@ -50,7 +50,6 @@ def test_postings_equal_masks(built):
     assert np.array_equal(rd.get(K.vlan_key(10)), _nz(((r["n_vlan"] > 0) & (v[:, 0] == 10)) | ((r["n_vlan"] > 1) & (v[:, 1] == 10))))
     assert np.array_equal(rd.get(K.mpls_key(1048575)), _nz((r["n_mpls"] > 0) & (r["mpls"] == 1048575)))
     assert np.array_equal(rd.get(K.family_key(6)), _nz(ip6))
-    assert np.array_equal(rd.get(K.flag_key(2)), _nz(ports))
     assert len(rd.get(K.port_key(7, True))) == 0
 
 
