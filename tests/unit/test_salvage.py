@@ -249,3 +249,21 @@ def test_files_open_by_a_live_process_are_left_alone(store):
         holder.wait()
     salvage_store(store, index_pcap=None)  # once it is gone, the partial file is salvaged
     assert final(store)[0].read_bytes() == data[: offs[2]]
+
+
+def test_with_the_real_native_helper(store):
+    api = pytest.importorskip("stenoxdp.native.api")
+    body = struct.pack(">HHHH", 5353, 53, 12, 0) + b"abcd"
+    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 1, 0, 64, 17, 0, b"\xc6\x12\x00\x01",
+                     b"\xc6\x12\x00\x02") + body
+    frame = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + bytes(10)
+    out = bytearray(gh())
+    offs = []
+    for i in range(50):
+        offs.append(len(out))
+        out += struct.pack("<IIII", STAMP // S + i, 7, len(frame), len(frame)) + frame
+    write_open(store, bytes(out) + b"\0" * 3000)  # a zero tail after the last record
+    rep = salvage_store(store)  # "auto": the native helper
+    r = recs_of(final(store)[1])
+    assert list(r["offset"]) == offs and set(r["proto"]) == {17} and set(r["dport"]) == {53}
+    assert final(store)[0].read_bytes() == bytes(out) and rep.salvaged[0]["packets"] == 50
