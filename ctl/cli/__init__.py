@@ -44,8 +44,8 @@ for _m in (_capture, _query, _serve, _filter, _config):
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, standalone_mode=False)
-        return 0
+        rc = app(args=argv, standalone_mode=False)  # click returns typer.Exit's code here
+        return rc if isinstance(rc, int) else 0
     except StenoError as e:
         print(f"stenoctl: {e}", file=sys.stderr)
         if VERBOSE["on"] and e.detail:
@@ -60,10 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 1
-    except Exception as e:  # click usage errors and anything unforeseen
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:  # click usage errors (typer may vendor click) and anything unforeseen
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             return e.exit_code
         if isinstance(e, BrokenPipeError):
