@@ -516,7 +516,7 @@ def to_c(insns: list[Insn], name: str = "sxdp_filter") -> str:
         body.extend("    " + ln for ln in lines[1:])
     decl = ["const __u8 *pkt = (const __u8 *)data;", "const __u8 *end = (const __u8 *)data_end;",
             "__u32 A = 0, X = 0;"]
-    decl += [f"__u32 m{m} = 0;" for m in mems]
+    decl += [f"__u32 m{m} = 0; (void)m{m};" for m in mems]
     # wirelen is usually data_end - data: hide that from clang, or it folds
     # `data + (wirelen - k)` into pointer arithmetic the verifier refuses
     decl += ['asm volatile("" : "+r"(wirelen));', "(void)pkt; (void)end; (void)A; (void)X;"]
