@@ -55,6 +55,7 @@ class Trial:
     cpu_window_s: float = 0.0  # the same up to the moment its output stopped growing (before the stop)
     sys_busy_s: float = 0.0
     disk: dict = field(default_factory=dict)
+    tool_stats: dict | None = None  # the tool's own counters before the stop (stenoxdp: stenoctl status)
     gen_short: bool = False  # paced generator reached < 90 % of the asked rate
     rc: int | None = None
     error: str | None = None
@@ -111,6 +112,7 @@ def run_trial(lab, cap: tools.Capturer, work: Path, size: int, kind: str, count:
         t.cpu_window_s = cap.cpu_seconds() - cpu0
         t.sys_busy_s = tools.system_busy() - busy0
         t.iface_rx = _iface_rx(lab.iface) - rx0
+        t.tool_stats = cap.live_stats()
         t.rc = cap.stop(lab)
         t.cpu_s = (cap.exit_cpu - cpu0) if cap.exit_cpu is not None else t.cpu_window_s
         t.captured = cap.count(size)
@@ -142,7 +144,7 @@ class Plan:
     sizes: tuple[int, ...] = (64, 512, 1500)
     repeats: int = 3
     window: float = 3.0          # seconds per paced trial
-    steps: int = 4               # bisection steps after the saturation and steady trials
+    steps: int = 3               # bisection steps after the saturation and steady trials
     steady_pps: int = 200_000
     sat_seconds: float = 2.0     # the unthrottled burst is sized to about this long at the expected rate
     gen_timeout: float = 60.0
@@ -165,7 +167,8 @@ def measure_cell(lab, cap: tools.Capturer, work: Path, size: int, plan: Plan, lo
         trials.append(tr)
         log(f"  {cap.name:12s} {size:5d}B {kind:6s} asked {fmt_pps(rate):>7s} offered {fmt_pps(tr.offered_pps):>7s} "
             f"captured {tr.captured:>8d}/{tr.expected:<8d} lost {tr.lost:<7d} cpu {tr.cpu_s:5.2f}s"
-            + (f"  ERROR {tr.error}" if tr.error else "") + (" (gen short)" if tr.gen_short else ""))
+            + (f"  ERROR {tr.error}" if tr.error else "") + (" (gen short)" if tr.gen_short else "")
+            + (f"  [{_why_lost(tr)}]" if tr.lost > 0 else ""))
         return tr
 
     sat = go("sat", sat_count(size, plan), None)
@@ -190,6 +193,21 @@ def measure_cell(lab, cap: tools.Capturer, work: Path, size: int, plan: Plan, lo
         else:
             hi = min(mid, tr.offered_pps) if tr.offered_pps else mid
     return trials
+
+
+def _why_lost(t: Trial) -> str:
+    """Where the packets went, from the tool's own counters (stenoxdp) and the iface."""
+    parts = [f"iface rx {t.iface_rx}"]
+    st = t.tool_stats or {}
+    x = st.get("xdp") or {}
+    if x:
+        parts.append(f"xdp seen {x.get('seen_pkts')} redirected {x.get('redirected')} "
+                     f"redirect_fail {x.get('redirect_fail')}")
+    for i, q in enumerate(st.get("queues") or []):
+        xs, c = q.get("xsk") or {}, q.get("counters") or {}
+        parts.append(f"q{i} written {c.get('packets')} xsk rx_dropped {xs.get('rx_dropped')} "
+                     f"ring_full {xs.get('rx_ring_full')} fill_empty {xs.get('rx_fill_ring_empty_descs')}")
+    return "; ".join(parts)
 
 
 def fmt_pps(x: float | None) -> str:

@@ -205,6 +205,10 @@ class Capturer:
     def cpu_seconds(self) -> float:
         return tree_cpu(self.proc.pid) if self.proc and self.proc.poll() is None else 0.0
 
+    def live_stats(self) -> dict | None:
+        """The tool's own counters while it runs (diagnosis only; counts come from files)."""
+        return None
+
     def stop(self, lab) -> int | None:
         """Stop cleanly; returns the exit code (None if it had to be killed)."""
         return self._signal_stop(signal.SIGINT, 15)
@@ -444,9 +448,9 @@ class Stenoxdp(Capturer):
         raise RuntimeError(f"stenoctl capture not ready after 60s: {self.log_text()[-600:]}")
 
     def _writers_ready(self) -> bool:
-        # a writer is ready once its queue directory exists (it opened its first file)
-        pk = self.dir / "packets"
-        return pk.exists() and any(pk.rglob("q*"))
+        # each writer publishes <pid>-<iface>-q<N>.json in the status dir once it runs
+        sd = getattr(self, "status_dir", None)
+        return bool(sd and sd.is_dir() and any(sd.glob("*-q*.json")))
 
     def count(self, size):
         return count_pcaps(self.dir / "packets", size)
@@ -455,6 +459,16 @@ class Stenoxdp(Capturer):
         pk = dir_bytes(self.dir / "packets")
         ix = dir_bytes(self.dir / "index")
         return {"bytes": pk[0] + ix[0], "allocated": pk[1] + ix[1], "packet_bytes": pk[0], "index_bytes": ix[0]}
+
+    def live_stats(self) -> dict | None:
+        st = self.status()
+        try:
+            ifc = st[0]["ifaces"][0]
+            return {"xdp": ifc.get("xdp"), "queues": [{"counters": q.get("counters"), "xsk": q.get("xsk"),
+                                                       "restarts": q.get("restarts"), "last_error": q.get("last_error")}
+                                                      for q in ifc.get("queues", [])]}
+        except (TypeError, LookupError, KeyError):
+            return None
 
     def status(self) -> dict | None:
         exe = self.stenoctl()
