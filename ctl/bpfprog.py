@@ -155,6 +155,12 @@ def _first_error(log: str) -> str:
 
 
 def _verifier_summary(log: str) -> str:
+    m = re.search(r"processed (\d+) insns \(limit (\d+)\)", log)
+    if m and int(m.group(1)) >= int(m.group(2)):
+        return (f"the program is too complex to verify ({m.group(1)} instructions explored, limit {m.group(2)}); "
+                "simplify the capture filter")
+    if "Argument list too long" in log or "Program  too large" in log:
+        return "the program is too complex to verify (E2BIG); simplify the capture filter"
     lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
     # the verifier's complaint is the last line that is not the "processed N insns" stats
     for ln in reversed(lines):
@@ -181,11 +187,11 @@ class LoadedProgram:
 
     @property
     def xsks_map_fd(self) -> int:
-        return self._bpf["xsks"].map_fd
+        return self._bpf[b"xsks"].map_fd
 
     @property
     def clock_map_fd(self) -> int:
-        return self._bpf["clock"].map_fd
+        return self._bpf[b"clock"].map_fd
 
     def attach(self, ifname: str, mode: str = "native") -> None:
         """Attach to ``ifname`` (replaces an XDP program already there atomically)."""
@@ -194,7 +200,7 @@ class LoadedProgram:
             raise StenoError(f"unknown XDP mode {mode!r}; use one of: native, skb")
         with _capture_fd2() as log:
             try:
-                self._bpf.attach_xdp(ifname, self._fn, flags)
+                self._bpf.attach_xdp(ifname.encode(), self._fn, flags)
             except Exception as e:  # bcc raises bare Exception
                 err = e
             else:
@@ -213,13 +219,13 @@ class LoadedProgram:
 
         with _capture_fd2():
             try:
-                BPF.remove_xdp(ifname, flags)
+                BPF.remove_xdp(ifname.encode(), flags)
             except Exception as e:
                 raise InterfaceError(f"cannot detach the XDP program from {ifname}: {e}") from None
 
     def counters(self) -> dict[str, int]:
         """Counter name -> value summed over CPUs."""
-        t = self._bpf["counters"]
+        t = self._bpf[b"counters"]
         out = {}
         for i, name in enumerate(layout.COUNTER_NAMES):
             vals = t[ctypes.c_int(i)]
@@ -227,10 +233,10 @@ class LoadedProgram:
         return out
 
     def set_clock_offset(self, ns: int) -> None:
-        self._bpf["clock"][ctypes.c_int(0)] = ctypes.c_uint64(ns & 0xFFFFFFFFFFFFFFFF)
+        self._bpf[b"clock"][ctypes.c_int(0)] = ctypes.c_uint64(ns & 0xFFFFFFFFFFFFFFFF)
 
     def clock_offset(self) -> int:
-        v = int(self._bpf["clock"][ctypes.c_int(0)].value)
+        v = int(self._bpf[b"clock"][ctypes.c_int(0)].value)
         return v - (1 << 64) if v >= 1 << 63 else v
 
     def sync_clock(self) -> int:
@@ -314,7 +320,7 @@ def load(
         os.makedirs(pd, exist_ok=True)
     with _capture_fd2() as log:
         try:
-            b = BPF(text=src, cflags=cflags)
+            b = BPF(text=src.encode(), cflags=cflags)
         except Exception as e:
             b, err = None, e
         else:
@@ -330,7 +336,7 @@ def load(
         raise BpfCompileError(msg, detail=text or str(err))
     with _capture_fd2() as log:
         try:
-            fn = b.load_func(FUNC_NAME, BPF.XDP)
+            fn = b.load_func(FUNC_NAME.encode(), BPF.XDP)
         except Exception as e:
             fn, err = None, e
         else:
