@@ -122,7 +122,8 @@ SXDP_EXPORT uint64_t sxdp_gather(const uint8_t *umem, uint64_t umem_len, const s
         const struct sxdp_xdp_desc *d = &descs[(start_idx + i) & ring_mask];
         uint64_t addr = d->addr;
         uint32_t caplen = d->len;
-        const struct sxdp_meta *m;
+        struct sxdp_meta mcopy; /* the metadata may be unaligned in a hostile UMEM */
+        const struct sxdp_meta *m = &mcopy;
         const uint8_t *pkt;
         struct sxdp_rec *r;
         uint8_t *h;
@@ -135,7 +136,7 @@ SXDP_EXPORT uint64_t sxdp_gather(const uint8_t *umem, uint64_t umem_len, const s
         }
         if (pos + SXDP_PCAP_HDR + caplen > out_cap)
             break;
-        m = (const struct sxdp_meta *)(umem + addr - SXDP_META_LEN);
+        memcpy(&mcopy, umem + addr - SXDP_META_LEN, SXDP_META_LEN);
         pkt = umem + addr;
         wirelen = m->len > caplen ? m->len : caplen;
 
