@@ -23,7 +23,9 @@ import ctypes
 import ctypes.util
 import os
 import re
+import struct
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,11 +132,16 @@ class _XdpMd(ctypes.Structure):
     ]
 
 
+_FD2_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _capture_fd2():
-    """Collect what libbcc/clang print on fd 2 (compile errors, verifier log)."""
+    """Collect what libbcc/clang print on fd 2 (compile errors, verifier log).
+    fd 2 is process-wide: one capture at a time (other threads' stderr output
+    during a compile lands in the log too)."""
     log = {"text": ""}
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
+    with _FD2_LOCK, tempfile.TemporaryFile(mode="w+b") as tmp:
         saved = os.dup(2)
         try:
             os.dup2(tmp.fileno(), 2)
@@ -184,6 +191,11 @@ class LoadedProgram:
     @property
     def fd(self) -> int:
         return self._fn.fd
+
+    @property
+    def prog_id(self) -> int:
+        """The kernel's id of this program (as `ip link` / bpftool show it)."""
+        return obj_id(self.fd)
 
     @property
     def xsks_map_fd(self) -> int:
@@ -276,6 +288,20 @@ def clock_offset_now() -> int:
         if best is None or cand[0] < best[0]:
             best = cand
     return best[1]
+
+
+BPF_OBJ_GET_INFO_BY_FD = 15
+
+
+def obj_id(fd: int) -> int:
+    """The id of a BPF program or map fd (bpf_prog_info.id / bpf_map_info.id:
+    both are the second u32 of the info struct)."""
+    info = ctypes.create_string_buffer(256)
+    attr = ctypes.create_string_buffer(struct.pack("<IIQ", fd, 256, ctypes.addressof(info)), 16)
+    if _libc.syscall(SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, attr, 16) != 0:
+        e = ctypes.get_errno()
+        raise StenoError(f"cannot read BPF object info for fd {fd}: {os.strerror(e)}")
+    return struct.unpack_from("<I", info.raw, 4)[0]
 
 
 def test_run_fd(prog_fd: int, frame: bytes, repeat: int = 1) -> tuple[int, bytes]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import select
-import struct
+import subprocess
 import time
 
 import numpy as np
@@ -171,7 +171,9 @@ def test_pinned_maps_are_shared(bpfprog):
             assert sorted(os.listdir(pin)) == ["clock", "xsks"]
             a.set_clock_offset(123456789)
             assert b.clock_offset() == 123456789
-            assert _map_id(a.xsks_map_fd) == _map_id(b.xsks_map_fd)
+            assert bpfprog.obj_id(a.xsks_map_fd) == bpfprog.obj_id(b.xsks_map_fd)
+            assert bpfprog.obj_id(a.clock_map_fd) == bpfprog.obj_id(b.clock_map_fd)
+            assert a.prog_id != b.prog_id
             a.test_run(BY_NAME["tcp4_60"])
             assert a.counters()["seen_pkts"] == 1 and b.counters()["seen_pkts"] == 0  # counters per instance
     finally:
@@ -179,19 +181,6 @@ def test_pinned_maps_are_shared(bpfprog):
             for n in os.listdir(pin):
                 os.unlink(os.path.join(pin, n))
             os.rmdir(pin)
-
-
-def _map_id(fd: int) -> int:
-    """bpf(BPF_OBJ_GET_INFO_BY_FD) -> struct bpf_map_info.id"""
-    import ctypes
-
-    info = ctypes.create_string_buffer(96)
-    attr = struct.pack("<IIQ", fd, 96, ctypes.addressof(info))
-    abuf = ctypes.create_string_buffer(attr, 128)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    assert libc.syscall(321, 15, abuf, 128) == 0, os.strerror(ctypes.get_errno())
-    return struct.unpack_from("<I", info.raw, 4)[0]
 
 
 @pytest.mark.netns
@@ -210,6 +199,8 @@ def test_af_xdp_copy_mode_meta_before_packet(lab, bpfprog):
         try:
             xskmap_set(p.xsks_map_fd, 0, xsk.fd)
             p.attach(lab.iface)
+            link = subprocess.run(["ip", "-d", "link", "show", lab.iface], capture_output=True, text=True).stdout
+            assert f"prog/xdp id {p.prog_id}" in link
             t0 = time.time_ns()
             lab.send_frames(frames, pps=2000)
             deadline = time.monotonic() + 10
