@@ -423,7 +423,7 @@ class _Parser:
             raise self.fail(t, f"'{t.text}' is a network, not an address; write 'net {t.text}'")
         a = _ip(t.text)
         if a is None:
-            hint = " (host names are not supported)" if re.search(r"[g-zG-Z]", t.text) else ""
+            hint = " (host names are not supported)" if re.search(r"[g-zG-Z]", t.text) and ":" not in t.text else ""
             raise self.fail(t, f"expected an IPv4 or IPv6 address after '{kw.text}', found {t.shown()}{hint}")
         self.next()
         return a.packed
@@ -660,10 +660,6 @@ def _dir_match(cols: _Cols, d: str, fn) -> np.ndarray:
     return fn(cols["src"]) | fn(cols["dst"])
 
 
-def _clamp_u64(v: int) -> int:
-    return min(max(v, 0), (1 << 64) - 1)
-
-
 def _eval(node, c: _Cols) -> np.ndarray:
     if isinstance(node, Host):
         fam = c["v4"] if len(node.addr) == 4 else c["v6"]
@@ -701,7 +697,9 @@ def _eval(node, c: _Cols) -> np.ndarray:
     if isinstance(node, Before):
         if node.ts_ns <= 0:
             return np.zeros(c.n, bool)
-        return c["ts_ns"] < np.uint64(_clamp_u64(node.ts_ns))
+        if node.ts_ns >= 1 << 64:
+            return np.ones(c.n, bool)
+        return c["ts_ns"] < np.uint64(node.ts_ns)
     if isinstance(node, After):
         if node.ts_ns <= 0:
             return np.ones(c.n, bool)
@@ -764,7 +762,11 @@ KNOWN_DIFFERENCES = (
     "tcpdump's 'vlan N' tests the outermost tag only and moves every later offset of the expression "
     "past one tag, so 'vlan N' combined with other clauses is not equivalent.",
     "mpls N: ours tests the first (outermost) label; tcpdump's 'mpls N' does the same but, like vlan, "
-    "shifts the offsets of the rest of the expression.",
+    "shifts the offsets of the rest of the expression, and libpcap refuses a 'vlan' anywhere after an "
+    "'mpls' ('no VLAN match after MPLS').",
+    "ip6 protochain (used for ip proto / tcp / udp / icmp6 on IPv6) compiles to a backward jump: userland "
+    "libpcap (tcpdump -r, pcap_offline_filter) runs it, the kernel and XDP do not, and libpcap's "
+    "optimiser refuses a contradiction ('expression rejects all packets') where ours returns nothing.",
     "IPv6 extension headers: our ip proto / tcp / udp / icmp6 use the final protocol after walking "
     "hop-by-hop, routing, destination options, mobility and fragment headers (at most 8); "
     "to_pcap_filter uses 'ip6 protochain N', which also walks AH (ours stops at AH, proto 51) and "
