@@ -27,7 +27,6 @@ import struct
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import layout

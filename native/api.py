@@ -11,7 +11,6 @@ One call per batch; the C side never trusts its input (see sxdp_native.c).
 from __future__ import annotations
 
 import ctypes
-from typing import NamedTuple
 
 import numpy as np
 
