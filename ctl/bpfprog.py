@@ -276,6 +276,22 @@ class LoadedProgram:
         self.close()
 
 
+def remove_pins(pin_dir: str | os.PathLike) -> list[str]:
+    """Unpin the shared maps (xsks, clock) in ``pin_dir`` and remove the
+    directory if it is then empty. The maps live on while a loaded program
+    still uses them. Returns the paths removed."""
+    pd = os.fspath(pin_dir)
+    removed = []
+    for name in PIN_NAMES:
+        path = os.path.join(pd, name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed.append(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(pd)
+    return removed
+
+
 def clock_offset_now() -> int:
     """CLOCK_REALTIME - CLOCK_MONOTONIC in ns (taken as close together as possible)."""
     best = None
@@ -352,6 +368,12 @@ def load(
             err = None
     if b is None:
         text = log["text"]
+        if "Unable to find kernel headers" in text:
+            raise BpfCompileError(
+                "bcc cannot find kernel headers for the running kernel; run `make setup` "
+                "(it links /lib/modules/$(uname -r)/build and source to the Debian headers)",
+                detail=text,
+            )
         first = _first_error(text)
         msg = "the XDP program does not compile"
         if first:

@@ -177,10 +177,8 @@ def test_pinned_maps_are_shared(bpfprog):
             a.test_run(BY_NAME["tcp4_60"])
             assert a.counters()["seen_pkts"] == 1 and b.counters()["seen_pkts"] == 0  # counters per instance
     finally:
-        if os.path.isdir(pin):
-            for n in os.listdir(pin):
-                os.unlink(os.path.join(pin, n))
-            os.rmdir(pin)
+        bpfprog.remove_pins(pin)
+    assert not os.path.exists(pin)
 
 
 @pytest.mark.netns
