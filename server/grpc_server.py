@@ -227,12 +227,12 @@ def make_servicers(svc: QueryService):
 
 def _rfc3339(ns: int) -> str:
     t = dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.timezone.utc)
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns % 1_000_000_000:09d}Z"
 
 
 def with_time_bounds(text: str, after_ns: int, before_ns: int) -> str:
-    """Add `after`/`before` terms for the request's time bounds (whole seconds,
-    widened outward so no packet inside the bounds is lost)."""
+    """The query restricted to after_ns <= ts < before_ns (exact to the ns, as
+    the query language's `after`/`before`); 0 = unbounded."""
     if after_ns < 0 or before_ns < 0:
         raise QueryError("after_ns and before_ns must be >= 0 (0 = unbounded)")
     if after_ns and before_ns and before_ns <= after_ns:
@@ -241,7 +241,7 @@ def with_time_bounds(text: str, after_ns: int, before_ns: int) -> str:
     if after_ns:
         terms.append(f"after {_rfc3339(after_ns)}")
     if before_ns:
-        terms.append(f"before {_rfc3339(before_ns + 999_999_999)}")
+        terms.append(f"before {_rfc3339(before_ns)}")
     if not terms:
         return text
     bounds = " and ".join(terms)

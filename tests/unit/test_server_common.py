@@ -75,34 +75,10 @@ def read_pcap(data: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
-_FAKE = os.environ.get("STENOXDP_SERVER_TEST_FAKE")  # DEV ONLY, removed once the engine lands
-
-
-def _engine():
-    if _FAKE:
-        import importlib.util
-        spec = importlib.util.spec_from_file_location("fake_engine", _FAKE)
-        m = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(m)
-        return m
-    return None
-
-
-ENGINE = _engine()
-
-
 @pytest.fixture(scope="session")
 def server_store(tmp_path_factory):
+    from stenoxdp.indexer.importer import import_file
     from stenoxdp.store import Store
-
-    if ENGINE:
-        import_file = ENGINE.import_file
-    else:
-        try:  # TEMPORARY until indexer/engine.py + importer.py land
-            from stenoxdp.indexer.importer import import_file
-            import stenoxdp.indexer.engine  # noqa: F401
-        except ImportError as e:
-            pytest.skip(f"the query engine is not there yet ({e})")
 
     root = tmp_path_factory.mktemp("srvstore")
     pcap = root / "in.pcap"
@@ -127,10 +103,7 @@ def certdir(tmp_path_factory):
 
 
 def local_answer(store, text: str, **kw) -> bytes:
-    if ENGINE:
-        query = ENGINE.query
-    else:
-        from stenoxdp.indexer.engine import query
+    from stenoxdp.indexer.engine import query
 
     return b"".join(query([store], text, **kw))
 
@@ -139,7 +112,7 @@ def start_server(store, cdir, tmp_path=None, **limits):
     from stenoxdp.server.daemon import serve
 
     return serve([store], cdir, host="127.0.0.1", port=0, grpc_port=0, audit_stderr=False,
-                 audit_file=(tmp_path / "audit.log") if tmp_path else None, engine=ENGINE, **limits)
+                 audit_file=(tmp_path / "audit.log") if tmp_path else None, **limits)
 
 
 def steno_config(tmp_path: Path, port: int, certs_dir: Path) -> dict:

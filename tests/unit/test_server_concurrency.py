@@ -12,7 +12,7 @@ import pytest
 from stenoxdp.server.client import remote_query
 from stenoxdp.server.core import QUERY_NICE
 
-from .test_server_common import C, ENGINE, certdir, curl, local_answer, server_store, start_server  # noqa: F401
+from .test_server_common import C, certdir, curl, local_answer, server_store, start_server  # noqa: F401
 
 
 def test_twenty_parallel_clients(server_store, certdir, tmp_path):
@@ -46,10 +46,7 @@ def test_twenty_parallel_clients(server_store, certdir, tmp_path):
 
 
 def test_query_thread_runs_niced(server_store, certdir, tmp_path):
-    if ENGINE:
-        real = ENGINE
-    else:
-        from stenoxdp.indexer import engine as real
+    from stenoxdp.indexer import engine as real
 
     seen = []
 
@@ -58,7 +55,7 @@ def test_query_thread_runs_niced(server_store, certdir, tmp_path):
 
         @staticmethod
         def query(*a, **kw):
-            s = (ENGINE or real).query(*a, **kw)
+            s = real.query(*a, **kw)
 
             class Wrapped:
                 def __iter__(self):
@@ -70,7 +67,7 @@ def test_query_thread_runs_niced(server_store, certdir, tmp_path):
 
             return Wrapped()
 
-        coverage = staticmethod(lambda stores: (ENGINE or real).coverage(stores))
+        coverage = staticmethod(lambda stores: real.coverage(stores))
 
     from stenoxdp.server.daemon import serve
 

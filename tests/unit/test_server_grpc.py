@@ -204,3 +204,19 @@ def test_client_from_stenographers_proto(srv, server_store, certdir, tmp_path):
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out.pcap").read_bytes() == local_answer(server_store, f"host {C}")
+
+
+def test_time_bounds(srv, server_store, certdir):
+    from .test_server_common import TS0
+
+    lo, hi = TS0 + 100_000_000, TS0 + 200_500_000  # 0.1 s .. 0.2005 s into the capture
+    a = remote_query(f"127.0.0.1:{srv.grpc_port}", certdir[0], f"host {C}", after_ns=lo, before_ns=hi, timeout=20)
+    got = read_pcap(b"".join(a))
+    want = [p for p in read_pcap(local_answer(server_store, f"host {C}")) if lo // 1000 <= p[0] < hi // 1000]
+    assert got == want and 0 < len(got) < N_TCP and a.packets == len(got)
+    # bounds alone (empty query text) are a valid query
+    a = remote_query(f"127.0.0.1:{srv.grpc_port}", certdir[0], "", after_ns=lo, before_ns=hi, timeout=20)
+    assert len(read_pcap(b"".join(a))) > len(got)
+    with pytest.raises(QueryError, match="before_ns must be later"):
+        list(remote_query(f"127.0.0.1:{srv.grpc_port}", certdir[0], f"host {C}", after_ns=hi, before_ns=lo,
+                          timeout=20))
