@@ -613,6 +613,19 @@ format_query = format
 
 
 # ---- evaluation over index records -------------------------------------------------
+_SRC_OFF = layout.REC_DTYPE.fields["src"][1]
+_DST_OFF = layout.REC_DTYPE.fields["dst"][1]
+# the address bytes seen as native little-endian words: equality and masked
+# equality are byte-order agnostic when the wanted value and the mask are read
+# the same way, and one word compare per record beats sixteen byte compares
+_ADDR_WORDS = np.dtype({
+    "names": ["src4", "src6a", "src6b", "dst4", "dst6a", "dst6b"],
+    "formats": ["<u4", "<u8", "<u8", "<u4", "<u8", "<u8"],
+    "offsets": [_SRC_OFF, _SRC_OFF, _SRC_OFF + 8, _DST_OFF, _DST_OFF, _DST_OFF + 8],
+    "itemsize": layout.REC_DTYPE.itemsize,
+})
+
+
 class _Cols:
     """Column views of a record array, fetched once per evaluation."""
 
@@ -620,6 +633,12 @@ class _Cols:
         self.recs = recs
         self.n = len(recs)
         self._c: dict = {}
+        self._words = None
+
+    def words(self, name: str) -> np.ndarray:
+        if self._words is None:
+            self._words = self.recs.view(_ADDR_WORDS)
+        return self._words[name]
 
     def __getitem__(self, name: str) -> np.ndarray:
         c = self._c.get(name)
@@ -638,36 +657,39 @@ class _Cols:
         return c
 
 
-def _addr_match(col: np.ndarray, addr: bytes, prefix: int) -> np.ndarray:
-    """Rows of col (n x 16 bytes) whose first `prefix` bits equal addr's."""
-    n = col.shape[0]
-    full, rem = divmod(prefix, 8)
-    m = np.ones(n, bool)
-    if full:
-        want = np.frombuffer(addr[:full], np.uint8)
-        m &= (col[:, :full] == want).all(axis=1)
-    if rem:
-        bm = (0xFF << (8 - rem)) & 0xFF
-        m &= (col[:, full] & bm) == (addr[full] & bm)
-    return m
+def _addr_match(c: _Cols, side: str, addr: bytes, prefix: int) -> np.ndarray:
+    """Records whose `side` address has the first `prefix` bits of addr."""
+    w = len(addr) * 8
+    mask = (((1 << w) - 1) ^ ((1 << (w - prefix)) - 1)).to_bytes(len(addr), "big")
+    parts = [(side + "4", 0, 4)] if len(addr) == 4 else [(side + "6a", 0, 8), (side + "6b", 8, 16)]
+    m = None
+    for name, a, b in parts:
+        mw = int.from_bytes(mask[a:b], "little")
+        if mw == 0:
+            continue
+        want = int.from_bytes(addr[a:b], "little") & mw
+        col = c.words(name)
+        full = (1 << (8 * (b - a))) - 1
+        hit = (col == want) if mw == full else ((col & col.dtype.type(mw)) == want)
+        m = hit if m is None else (m & hit)
+    return np.ones(c.n, bool) if m is None else m
 
 
-def _dir_match(cols: _Cols, d: str, fn) -> np.ndarray:
+def _dir_addr(c: _Cols, d: str, addr: bytes, prefix: int) -> np.ndarray:
     if d == "src":
-        return fn(cols["src"])
+        return _addr_match(c, "src", addr, prefix)
     if d == "dst":
-        return fn(cols["dst"])
-    return fn(cols["src"]) | fn(cols["dst"])
+        return _addr_match(c, "dst", addr, prefix)
+    return _addr_match(c, "src", addr, prefix) | _addr_match(c, "dst", addr, prefix)
 
 
 def _eval(node, c: _Cols) -> np.ndarray:
     if isinstance(node, Host):
         fam = c["v4"] if len(node.addr) == 4 else c["v6"]
-        w = len(node.addr) * 8
-        return fam & _dir_match(c, node.dir, lambda col: _addr_match(col, node.addr, w))
+        return fam & _dir_addr(c, node.dir, node.addr, len(node.addr) * 8)
     if isinstance(node, Net):
         fam = c["v4"] if len(node.addr) == 4 else c["v6"]
-        return fam & _dir_match(c, node.dir, lambda col: _addr_match(col, node.addr, node.prefix))
+        return fam & _dir_addr(c, node.dir, node.addr, node.prefix)
     if isinstance(node, Port):
         if node.lo == node.hi:
             fn = lambda col: col == node.lo  # noqa: E731

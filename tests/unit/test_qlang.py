@@ -525,8 +525,11 @@ def test_eval_on_a_memmap(tmp_path):
     p = tmp_path / "x.rec"
     recs.tofile(p)
     mm = np.memmap(p, L.REC_DTYPE, mode="r")
-    node = q.parse("udp or host 2001:db8::1")
+    node = q.parse("udp or host 2001:db8::1 or net 198.18.0.0/29")
     assert (q.eval_records(node, mm) == q.eval_records(node, recs)).all()
+    # a strided slice (not contiguous) gives the same answers as a copy
+    assert (q.eval_records(node, mm[1::3]) == q.eval_records(node, recs[1::3].copy())).all()
+    assert (q.eval_records(node, recs) == np.array([ref_match(node, r) for r in recs])).all()
 
 
 # ---- time_bounds ------------------------------------------------------------------------
