@@ -355,6 +355,7 @@ class RetentionLoop:
         self.n_queues = n_queues
         self.interval, self.tick, self.horizon, self.clock = interval, tick, horizon, clock
         self.rate = 0.0  # bytes/s the packets file system fills at (EWMA of statvfs samples)
+        self.gap = tick  # seconds between checks as they really happen (scheduling, GIL, a slow run)
         self._sample: tuple[float, int] | None = None
         self._pending: list[Deletion] = []
         self.orphans_removed = 0
@@ -385,7 +386,7 @@ class RetentionLoop:
         ix = fs_usage(self.store.index_root) if self._index_separate() else None
         nq = self.n_queues or max(1, len(opened))
         rb = self.effective_rotate_bytes(pk.total, nq)
-        reserve = sum(max(0, rb - o.bytes) for o in opened) + int(self.rate * self.horizon)
+        reserve = sum(max(0, rb - o.bytes) for o in opened) + self._rate_reserve()
         return Usage(pk, ix, open_bytes=sum(o.bytes for o in opened), reserve=reserve)
 
     def run_once(self) -> list[Deletion]:
@@ -432,13 +433,19 @@ class RetentionLoop:
                 "oldest_last_ts_ns": min((f.last_ts for f in left), default=None),
                 "free_bytes": pk_after.free, "total_bytes": pk_after.total,
                 "free_percent": 100.0 * pk_after.free / pk_after.total if pk_after.total else None,
-                "reserve_bytes": use.reserve,
+                "reserve_bytes": use.reserve, "open_reserve_bytes": use.reserve - self._rate_reserve(),
+                "fill_rate_bps": int(self.rate), "check_gap_s": round(self.gap, 4),
             }
             return done
 
     # -- the thread --------------------------------------------------------------
     def poke(self) -> None:
         self._ev.set()
+
+    def _rate_reserve(self) -> int:
+        """What the observed fill rate writes before retention can act again: at least `horizon` seconds,
+        and twice the real gap between checks (a busy machine checks less often than asked)."""
+        return int(self.rate * max(self.horizon, 2 * self.gap))
 
     def _near_floor(self) -> bool:
         try:
@@ -451,11 +458,12 @@ class RetentionLoop:
             if dt > 0:
                 r = max(0.0, (self._sample[1] - pk.free) / dt)
                 self.rate = r if r > self.rate else 0.8 * self.rate + 0.2 * r  # rises at once, decays slowly
+                self.gap = dt if dt > self.gap else 0.98 * self.gap + 0.02 * dt
         self._sample = (now, pk.free)
         need = free_target(pk, self.policy.min_free_percent)
         if not need:
             return False
-        return pk.free < need + self.last.get("reserve_bytes", 0) + int(self.rate * self.horizon)
+        return pk.free < need + self.last.get("open_reserve_bytes", 0) + self._rate_reserve()
 
     def _sweep_orphan_indexes(self, files: list[FileInfo], opened: list[OpenFile]) -> int:
         """An index finished by the indexer just after its packet file was deleted: remove it (an index
