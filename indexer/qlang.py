@@ -127,6 +127,32 @@ Node = Union[Host, Net, Port, Proto, Icmp, Icmp6, Family, Vlan, Mpls, Before, Af
 LEAVES = (Host, Net, Port, Proto, Icmp, Icmp6, Family, Vlan, Mpls, Before, After)
 
 
+MAX_NESTING = 64  # '(' and 'not' levels in the text
+MAX_DEPTH = 256  # levels of the tree (every consumer recurses)
+LONG_RUN = 16  # a longer run of one operator is built as a balanced tree
+
+
+def _balanced(cls, items: list):
+    if len(items) == 1:
+        return items[0]
+    mid = len(items) // 2
+    return cls(_balanced(cls, items[:mid]), _balanced(cls, items[mid:]))
+
+
+def depth(node) -> int:
+    """Levels of the tree (iterative, so any tree can be measured)."""
+    best, stack = 0, [(node, 1)]
+    while stack:
+        n, d = stack.pop()
+        best = max(best, d)
+        if isinstance(n, (And, Or)):
+            stack.append((n.a, d + 1))
+            stack.append((n.b, d + 1))
+        elif isinstance(n, Not):
+            stack.append((n.a, d + 1))
+    return best
+
+
 def walk(node):
     """Every node of the tree, depth first, parents before children."""
     yield node
@@ -240,6 +266,7 @@ class _Parser:
         self.text = text
         self.toks = _tokens(text)
         self.i = 0
+        self.depth = 0
         self._now = now_ns
 
     # helpers
@@ -275,18 +302,46 @@ class _Parser:
             raise self.fail(t, "unbalanced ')': there is no '(' before it")
         if t.kind != "end":
             raise self.fail(t, f"expected 'and', 'or' or end of query, found {t.shown()}")
+        d = depth(node)
+        if d > MAX_DEPTH:
+            raise _err(self.text, 0, f"the query is {d} levels deep (at most {MAX_DEPTH}): alternate 'and'/'or' "
+                                     "less, or group with parentheses")
         return node
 
     def expr(self):
         left = self.unary()
         while self.tok.kind in ("and", "or"):
-            op = self.next()
-            right = self.unary(after=op)
-            left = And(left, right) if op.kind == "and" else Or(left, right)
+            kind = self.tok.kind
+            run = []
+            while self.tok.kind == kind:  # a run of one operator
+                op = self.next()
+                run.append(self.unary(after=op))
+            cls = And if kind == "and" else Or
+            if len(run) <= LONG_RUN:
+                for right in run:
+                    left = cls(left, right)
+            else:  # long lists (e.g. hundreds of hosts): same meaning, depth log2(n)
+                left = cls(left, _balanced(cls, run))
         return left
 
     def unary(self, after: _Tok | None = None):
         t = self.tok
+        if t.kind in ("not", "lp"):
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise self.fail(t, f"the query nests more than {MAX_NESTING} levels of '(' and 'not'")
+            try:
+                return self._nested(t)
+            finally:
+                self.depth -= 1
+        if t.kind == "word":
+            return self.clause()
+        ctx = f" after '{after.text}'" if after is not None else ""
+        if t.kind == "rp" and after is None and self.i > 0 and self.toks[self.i - 1].kind == "lp":
+            raise self.fail(t, f"empty parentheses: expected {EXPECT_CLAUSE}")
+        raise self.fail(t, f"expected {EXPECT_CLAUSE}{ctx}, found {t.shown()}")
+
+    def _nested(self, t: _Tok):
         if t.kind == "not":
             self.next()
             return Not(self.unary(after=t))

@@ -708,3 +708,33 @@ def test_pcap_filter_compiles_with_vlan_and_mpls():
             LibpcapFilter(expr).close()
         except FilterError as e:  # see KNOWN_DIFFERENCES
             assert "rejects all packets" in str(e) or "no VLAN match after MPLS" in str(e)
+
+
+# ---- long and deep queries ------------------------------------------------------------------
+def test_long_host_list_is_balanced():
+    hosts = [f"198.18.{i // 250}.{i % 250 + 1}" for i in range(1000)]
+    text = " or ".join(f"host {h}" for h in hosts)
+    node = q.parse(text)
+    assert q.depth(node) <= 12  # not 1000: consumers recurse
+    r = np.zeros(4, L.REC_DTYPE)
+    r["flags"] = L.F_IPV4
+    for i, h in enumerate(["198.18.0.1", "198.18.3.250", "198.18.4.1", "10.0.0.1"]):
+        r["dst"][i, :4] = np.frombuffer(A(h), np.uint8)
+    assert list(q.eval_records(node, r)) == [True, True, False, False]
+    assert q.format(node).count("host") == 1000
+    assert (q.eval_records(q.parse(q.format(node)), r) == q.eval_records(node, r)).all()
+    # a short run keeps Stenographer's left-to-right shape
+    assert q.parse("tcp or udp or icmp") == Or(Or(TCP, UDP), Icmp())
+
+
+def test_nesting_limits():
+    assert q.parse("(" * 64 + "tcp" + ")" * 64) == TCP
+    assert q.parse("not " * 64 + "tcp") is not None
+    with pytest.raises(QueryError, match="more than 64 levels") as ei:
+        q.parse("(" * 65 + "tcp" + ")" * 65)
+    assert ei.value.pos == 64
+    with pytest.raises(QueryError, match="more than 64 levels"):
+        q.parse("! " * 65 + "tcp")
+    alt = " ".join(("or" if i % 2 else "and") + " port 1" for i in range(300))
+    with pytest.raises(QueryError, match="levels deep"):
+        q.parse("port 1 " + alt)
