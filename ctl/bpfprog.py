@@ -67,6 +67,8 @@ def render(
     if not isinstance(max_caplen, int) or not 64 <= max_caplen <= 65535:
         raise StenoError(f"max_caplen {max_caplen!r} is out of range: it must be 64..65535 bytes")
     src = PROGRAM_FILE.read_text()
+    if filter_c and "SXDP_FILTER_DEFINED" not in filter_c:
+        raise StenoError("the capture filter's C text must #define SXDP_FILTER_DEFINED and define sxdp_filter()")
     if filter_c:
         src = "/* ---- capture filter ---- */\n" + filter_c.rstrip() + "\n/* ---- capture program ---- */\n" + src
     cflags = [f"-I{BPF_DIR}", f"-DSXDP_MAX_CAPLEN={max_caplen}"]

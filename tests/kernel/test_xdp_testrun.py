@@ -94,6 +94,29 @@ def test_every_truncation_in_kernel(prog, bpfprog):
             assert meta_summary(meta) == summary(parse_frame(f[:n])), (name, n)
 
 
+def test_random_header_soup_in_kernel(prog, bpfprog):
+    """2000 seeded random frames built from plausible ethertypes, IP versions
+    and next-header values: the kernel's parse == the Python parser's."""
+    import random
+
+    rnd = random.Random(20261127)
+    ets = [b"\x08\x00", b"\x86\xdd", b"\x81\x00", b"\x88\xa8", b"\x91\x00", b"\x88\x47", b"\x88\x48"]
+    for _ in range(2000):
+        f = bytearray(rnd.randbytes(12))
+        for _ in range(rnd.randrange(1, 5)):
+            f += rnd.choice(ets) + rnd.randbytes(2)
+        body = bytearray(rnd.randbytes(rnd.randrange(0, 120)))
+        if body:
+            body[0] = rnd.choice([0x45, 0x46, 0x4F, 0x60, 0x00, 0x41, rnd.randrange(256)])
+        if len(body) > 9:
+            body[6] = body[9] = rnd.choice([0, 6, 17, 1, 58, 43, 44, 60, 135, 51])
+        f += body
+        f = bytes(f)
+        _, out = prog.test_run(f)
+        meta, _ = bpfprog.split_test_output(out)
+        assert meta_summary(meta) == summary(parse_frame(f)), f.hex()
+
+
 def test_clock_offset_is_applied(prog, bpfprog):
     f = BY_NAME["tcp4_60"]
     prog.set_clock_offset(0)
@@ -142,6 +165,12 @@ def test_render_is_pure_and_shows_the_filter(bpfprog):
     assert '-DSXDP_PIN_XSKS="/sys/fs/bpf/x/xsks"' in cflags
     assert bpfprog.render() == bpfprog.render()
     assert bpfprog.max_caplen_for_chunk(2048) == 2048 - 256 - 32
+    from stenoxdp.errors import StenoError
+
+    with pytest.raises(StenoError, match="SXDP_FILTER_DEFINED"):
+        bpfprog.render(filter_c="static int f(void) { return 0; }")
+    with pytest.raises(StenoError, match="max_caplen"):
+        bpfprog.render(max_caplen=10)
 
 
 def test_compile_error_is_short_with_full_log(bpfprog):
