@@ -435,8 +435,13 @@ def _load(dst: str, size: int, k: int, pc: int, indexed: bool) -> list[str]:
         if k > MAXOFF:      # can never be inside a frame
             return [f"return 0; /* [{k}] is beyond any frame */"]
         return [f"if (pkt + {k} + {size} > end) return 0;", f"{dst} = {ld}(pkt + {k});"]
+    # The compare rejects exactly what classic BPF rejects; the barrier + mask
+    # (a no-op after it) bounds the very register used for the pointer, since
+    # clang may otherwise test one copy of the offset and add another.
     return [f"{{ __u64 o{pc} = (__u64)X + {k}u;",
             f"  if (o{pc} > SXDP_FILTER_MAXOFF) return 0;",
+            f'  asm volatile("" : "+r"(o{pc}));',
+            f"  o{pc} &= SXDP_FILTER_MAXOFF;",
             f"  const __u8 *p{pc} = pkt + o{pc};",
             f"  if (p{pc} + {size} > end) return 0;",
             f"  {dst} = {ld}(p{pc}); }}"]

@@ -447,3 +447,26 @@ def test_cli_filter_test_hex_and_skips(tmp_path, stenoctl):
     notcap.write_text("hello world\n")
     bad = subprocess.run([stenoctl, "filter", "test", "udp", str(notcap)], capture_output=True, text=True)
     assert bad.returncode == 2 and "not a pcap or pcapng file" in bad.stderr
+
+
+def test_random_hand_written_programs_verify_and_match_libpcap():
+    """Random valid classic BPF (every opcode, as a --filter-hex may carry)
+    passes the verifier and gives libpcap's verdicts in the kernel."""
+    from tests.unit.test_cbpf import random_program
+
+    r = random.Random(12)
+    progs = [random_program(r) for _ in range(200)]
+    frames = corpus(800)
+    bad = []
+    for lo in range(0, len(progs), 100):
+        batch = progs[lo:lo + 100]
+        b, fds = _load_batch(batch)
+        try:
+            for p, fd in zip(batch, fds):
+                ref = cbpf.PcapMatcher(p)
+                for fr in frames:
+                    if (cbpf.prog_test_run(fd, fr) == cbpf.XDP_DROP) != (ref(fr) != 0):
+                        bad.append((cbpf.to_hex(p), fr.hex()))
+        finally:
+            b.cleanup()
+    assert not bad, (len(bad), bad[0])
