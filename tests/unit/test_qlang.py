@@ -738,3 +738,26 @@ def test_nesting_limits():
     alt = " ".join(("or" if i % 2 else "and") + " port 1" for i in range(300))
     with pytest.raises(QueryError, match="levels deep"):
         q.parse("port 1 " + alt)
+
+
+def test_doc_examples_parse():
+    import pathlib
+    import re
+
+    doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "query-language.md").read_text()
+    examples = re.findall(r"stenoctl query '([^']+)'", doc)
+    assert len(examples) >= 3
+    for text in examples:
+        q.parse(text, now_ns=NOW)
+    inline = ["tcp or udp and port 53", "tcp or (udp and port 53)", "not tcp and port 53", "ip proto tcp",
+              "45m ago", "45 m ago", "3h ago", "30s ago", "2d ago", "1h30m ago", "2015-01-01T13:14:15+01:00",
+              "2015-01-01T13:14:15.123456789Z", "net 10.0.0.1/8", "host ::ffff:198.18.0.1"]
+    for text in inline:
+        assert f"`{text}`" in doc, text
+        if text[0].isdigit():
+            text = "after " + text
+        if text == "net 10.0.0.1/8":
+            with pytest.raises(QueryError, match="non-network bits set"):
+                q.parse(text)
+        else:
+            q.parse(text, now_ns=NOW)
