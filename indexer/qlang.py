@@ -796,8 +796,9 @@ def eval_records(node, recs: np.ndarray) -> np.ndarray:
     """Boolean mask over an array of layout.REC_DTYPE records: which packets the
     query selects. Vectorised; exact per packet (time included)."""
     if recs.dtype != layout.REC_DTYPE:
-        recs = np.asarray(recs).view(layout.REC_DTYPE) if recs.dtype.itemsize == layout.REC_DTYPE.itemsize \
-            else recs
+        if recs.dtype.itemsize != layout.REC_DTYPE.itemsize:
+            raise TypeError(f"eval_records needs layout.REC_DTYPE records, not {recs.dtype}")
+        recs = recs.view(layout.REC_DTYPE)  # raw 80-byte records (e.g. dtype V80)
     out = _eval(node, _Cols(recs))
     return np.asarray(out, bool).reshape(len(recs))
 

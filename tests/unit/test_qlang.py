@@ -530,6 +530,10 @@ def test_eval_on_a_memmap(tmp_path):
     # a strided slice (not contiguous) gives the same answers as a copy
     assert (q.eval_records(node, mm[1::3]) == q.eval_records(node, recs[1::3].copy())).all()
     assert (q.eval_records(node, recs) == np.array([ref_match(node, r) for r in recs])).all()
+    raw = np.fromfile(p, dtype="V80")  # untyped 80-byte records are read as sxdp_rec
+    assert (q.eval_records(node, raw) == q.eval_records(node, recs)).all()
+    with pytest.raises(TypeError):
+        q.eval_records(node, np.zeros(3, "u8"))
 
 
 # ---- time_bounds ------------------------------------------------------------------------
