@@ -38,7 +38,7 @@ class Limits:
     max_answer_bytes: int = 4 << 30      # server cap on one answer; 0 = none
     max_seconds: float = 3600.0          # server cap on one query's duration; 0 = none
     send_timeout: float = 60.0           # a client that accepts no data this long is dropped
-    queue_chunks: int = 16               # engine -> sender queue depth (bounded memory per query)
+    queue_chunks: int = 4                # engine -> sender queue depth (bounded memory per query)
     max_query_chars: int = 65536
     coalesce_bytes: int = 1 << 20        # merge queued chunks up to this before sending
 

@@ -186,3 +186,46 @@ def test_stalled_client_does_not_stall_others(server_store, certdir, tmp_path):
         for s in stalled:
             s.close()
         h.stop()
+
+
+def test_stalled_client_dropped_after_send_timeout(certdir, tmp_path):
+    """A reader that stops reading a big answer is dropped after send_timeout and its slot
+    comes back (audit says why); a fresh query then runs."""
+    import struct
+
+    from stenoxdp.indexer.importer import import_file
+    from stenoxdp.store import Store
+
+    from .test_server_common import TS0, _frame
+
+    fr = _frame(A, C, 17, 1000, 2000, b"z" * 1400)
+    pcap = tmp_path / "big.pcap"
+    with open(pcap, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, 1))
+        f.write(b"".join(struct.pack("<IIII", (TS0 // 10**9) + i // 1000, (i % 1000) * 10**6, len(fr), len(fr)) + fr
+                         for i in range(12000)))  # ~17 MB: more than the socket buffers hold
+    st = Store(tmp_path / "store").init()
+    import_file(st, pcap)
+    cdir = certdir[0]
+    h = start_server(st, cdir, tmp_path, max_concurrent=1, send_timeout=1.0, slot_wait=0)
+    ctx = ssl.create_default_context(cafile=str(cdir / "ca_cert.pem"))
+    ctx.load_cert_chain(str(cdir / "client_cert.pem"), str(cdir / "client_key.pem"))
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", h.port))
+    s = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+    try:
+        body = f"host {C}".encode()
+        s.sendall(b"POST /query HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        s.recv(100)  # the answer has started; now stall
+        deadline = time.monotonic() + 20
+        while h.service.counters.snapshot()["queries_active"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert h.service.counters.snapshot()["queries_active"] == 0
+        r = curl(_url(h), "-d", f"host {C}", "-H", "Steno-Limit-Packets: 3", cert_dir=cdir, ca=cdir / "ca_cert.pem")
+        assert r.returncode == 0 and len(read_pcap(r.stdout)) == 3
+    finally:
+        s.close()
+        h.stop()
+    assert "client accepted no data for 1 s" in (tmp_path / "audit.log").read_text()
