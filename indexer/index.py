@@ -268,19 +268,16 @@ class IndexReader:
             return self.get(lo)
         it = self.db.iter()
         it.seek(lo)
-        parts = []
+        vals = []
         while it.valid():
-            k = it.key()
-            if k > hi:
+            if it.key() > hi:
                 break
-            parts.append(K.decode_positions(it.value()))
+            vals.append(it.value())
             it.next()
         del it
-        if not parts:
-            return np.empty(0, np.int64)
-        if len(parts) == 1:
-            return parts[0]
-        return np.unique(np.concatenate(parts))
+        if len(vals) == 1:
+            return K.decode_positions(vals[0])
+        return K.decode_positions_union(vals)
 
     def chunk(self, c: int) -> tuple[np.ndarray, np.ndarray, int]:
         got = self._chunks.get(c)

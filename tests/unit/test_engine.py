@@ -224,3 +224,128 @@ def test_coverage(store):
     assert cov["eth0"]["packets"] == sum(len(f[3]) for f in e0)
     assert cov["eth0"]["files"] == len(e0)
     assert cov["eth0"]["first_ts_ns"] == min(int(f[3]["ts_ns"].min()) for f in e0)
+
+
+# ---- import / reindex / CLI ----------------------------------------------------------
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from stenoxdp.indexer import importer, pcapio  # noqa: E402
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "varied.pcap"
+needs_editcap = pytest.mark.skipif(shutil.which("editcap") is None, reason="editcap (wireshark-common) not installed")
+
+
+def _all(st, **kw):
+    return engine.query(st, "ip or not ip", **kw).read_all()
+
+
+@needs_editcap
+def test_import_pcapng_and_micro_pcap(tmp_path):
+    ng = tmp_path / "v.pcapng"
+    us = tmp_path / "v_us.pcap"
+    subprocess.run(["editcap", "-F", "pcapng", str(CORPUS), str(ng)], check=True)
+    subprocess.run(["editcap", "-F", "pcap", str(CORPUS), str(us)], check=True)
+    assert pcapio.read_frames(ng).fmt == "pcapng" and pcapio.read_frames(us).fmt == "pcap-us"
+    st = Store(tmp_path / "s1")
+    importer.import_file(st, ng)
+    assert _all(st)[24:] == CORPUS.read_bytes()[24:]  # pcapng (ns resolution) -> the same records
+    st2 = Store(tmp_path / "s2")
+    importer.import_file(st2, us)
+    assert _all(st2, micros=True)[24:] == us.read_bytes()[24:]  # µs in, µs out, byte for byte
+
+
+def test_import_big_endian_pcap(tmp_path):
+    le = CORPUS.read_bytes()
+    out = bytearray(struct.pack(">IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, 1))
+    p = 24
+    while p < len(le):  # test data only: rewrite each header big-endian
+        h = struct.unpack_from("<IIII", le, p)
+        out += struct.pack(">IIII", *h) + le[p + 16 : p + 16 + h[2]]
+        p += 16 + h[2]
+    be = tmp_path / "be.pcap"
+    be.write_bytes(bytes(out))
+    st = Store(tmp_path / "s")
+    importer.import_file(st, be)
+    assert _all(st)[24:] == le[24:]
+
+
+def test_import_refuses_non_ethernet_and_junk(tmp_path):
+    raw = tmp_path / "raw.pcap"
+    raw.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
+    with pytest.raises(pcapio.CaptureFormatError, match="not Ethernet"):
+        importer.import_file(Store(tmp_path / "s"), raw)
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"hello world")
+    with pytest.raises(pcapio.CaptureFormatError, match="not a pcap"):
+        importer.import_file(Store(tmp_path / "s"), junk)
+
+
+def test_two_imports_one_store_and_reindex(tmp_path):
+    st = Store(tmp_path / "s")
+    a = importer.import_file(st, CORPUS, rotate_ns=3 * 10**9)
+    b = importer.import_file(st, CORPUS, rotate_ns=3 * 10**9)  # same times: stamps are bumped, nothing lost
+    assert len(st.files()) == a.files + b.files
+    data = _all(st)
+    recs = _split(data)
+    assert len(recs) == 2 * a.packets
+    assert recs[0::2] == recs[1::2]  # each packet twice, adjacent (equal ts, file order)
+    fs = st.files()
+    shutil.rmtree(fs[0].idx)  # missing index: scanned, with a warning
+    s = engine.query(st, "ip or not ip")
+    assert s.read_all() == data and any("no index" in w for w in s.warnings)
+    for f in fs[1].idx.iterdir():
+        if f.suffix == ".sst":
+            f.write_bytes(b"broken")
+    assert importer.reindex(st) == len(fs)
+    s = engine.query(st, "ip or not ip")
+    assert s.read_all() == data and not s.warnings
+
+
+def test_index_share_on_varied(tmp_path):
+    st = Store(tmp_path / "s")
+    r = importer.import_file(st, CORPUS)
+    assert r.files == 1
+    assert r.index_bytes / r.bytes < 0.03  # ~1.2 % measured (sst + DB files)
+
+
+def _cli(args, **kw):
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "stenoxdp"] + args, capture_output=True, **kw)
+
+
+def test_cli_import_query_reindex(tmp_path):
+    d = tmp_path / "st"
+    r = _cli(["import", str(CORPUS), "--dir", str(d)])
+    assert r.returncode == 0 and b"2192 packets" in r.stdout
+    r = _cli(["query", "tcp and port 4433", "--dir", str(d), "-w", "-"])
+    want = subprocess.run(["tcpdump", "--time-stamp-precision=nano", "-r", str(CORPUS), "-w", "-",
+                           "tcp port 4433"], capture_output=True).stdout
+    assert r.returncode == 0 and r.stdout[24:] == want[24:] and len(want) > 1000
+    out = tmp_path / "o.pcap"
+    r = _cli(["query", "icmp", "--dir", str(d), "-w", str(out), "--micros", "--limit-packets", "3"])
+    assert r.returncode == 0 and out.read_bytes()[:4] == b"\xd4\xc3\xb2\xa1" and len(_split(out.read_bytes())) == 3
+    r = _cli(["query", "host 1.2.3", "--dir", str(d), "-w", "-"])
+    assert r.returncode == 2 and b"position 5" in r.stderr and b"Traceback" not in r.stderr
+    r = _cli(["query", "tcp", "--dir", str(tmp_path / "nope"), "-w", "-"])
+    assert r.returncode == 2 and b"not a stenoxdp store" in r.stderr
+    r = _cli(["reindex", "--dir", str(d)])
+    assert r.returncode == 0 and b"reindexed 1" in r.stdout
+
+
+def test_cli_refuses_terminal(tmp_path):
+    import pty
+    import os as _os
+
+    d = tmp_path / "st"
+    Store(d).init()
+    m, s = pty.openpty()
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "stenoxdp", "query", "tcp", "--dir", str(d)], stdout=s,
+                       stderr=subprocess.PIPE, timeout=60)
+    _os.close(m)
+    _os.close(s)
+    assert p.returncode == 2 and b"terminal" in p.stderr

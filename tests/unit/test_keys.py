@@ -46,3 +46,12 @@ def test_chunk_round_trip():
 def test_describe():
     assert K.describe(K.addr_key(bytes([198, 18, 0, 1]), True)) == "src4:198.18.0.1"
     assert K.describe(K.META_VERSION) == "meta:version"
+
+
+def test_union_of_many_values():
+    rng = np.random.default_rng(2)
+    arrays = [np.unique(rng.integers(0, n, size=k)) for n, k in ((300, 50), (70000, 400), (10, 3), (2**33, 5))]
+    arrays.append(np.array([7]))
+    vals = [K.encode_positions(a) for a in arrays]
+    assert np.array_equal(K.decode_positions_union(vals), np.unique(np.concatenate(arrays)))
+    assert len(K.decode_positions_union([])) == 0
