@@ -39,7 +39,7 @@ __all__ = [
     "Host", "Net", "Port", "Proto", "Icmp", "Icmp6", "Family", "Vlan", "Mpls", "Before", "After",
     "And", "Or", "Not", "Node", "parse", "eval_records", "to_pcap_filter", "time_bounds", "format",
     "format_query", "caret", "random_query", "random_ast", "QueryPool", "KNOWN_DIFFERENCES",
-    "PCAP_EXACT_KINDS", "ALL_KINDS", "walk", "has_time",
+    "PCAP_EXACT_KINDS", "ALL_KINDS", "walk", "has_time", "depth", "render", "DIRS",
 ]
 
 DIRS = ("any", "src", "dst")
