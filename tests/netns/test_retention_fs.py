@@ -182,3 +182,40 @@ def test_kill9_everything_then_restart_salvages(lab, tmpfs, tmp_path):
     assert not [p for p in q.iterdir() if p.name.startswith(".") and p.name.endswith(".pcap")], list(q.iterdir())
     assert not list(q.glob(".*.del"))
     assert pcap_payloads(sorted(q.glob("*.pcap"))) == set(range(300))
+
+
+def _alloc(p: Path) -> int:
+    st = p.stat()
+    return st.st_blocks * 512
+
+
+def test_bytes_and_age_limits_hold(lab_factory, tmpfs, tmp_path):
+    a, b = lab_factory(), lab_factory()
+    status = tmp_path / "run"
+    status.mkdir()
+    cfg = write_config(tmp_path / "c.toml", status, [
+        {"name": a.iface, "dir": str(tmpfs / "a"), "dedicated": True, "queues": 1, "rotate_seconds": 0.5,
+         "retention": {"min_free_percent": 0, "max_bytes": 1 << 20}},
+        {"name": b.iface, "dir": str(tmpfs / "b"), "dedicated": True, "queues": 1, "rotate_seconds": 0.5,
+         "retention": {"min_free_percent": 0, "max_age_s": 2}},
+    ])
+    biggest = 0
+    with daemon(cfg, status, a.iface) as cap:
+        for rnd in range(10):
+            a.send_frames([frame(rnd * 200 + i, 1000) for i in range(200)], pps=2000)
+            b.send_frames([frame(rnd * 10 + i) for i in range(10)], pps=1000)
+            fa = list((tmpfs / "a").glob(f"packets/{a.iface}/q0/*.pcap"))
+            biggest = max([biggest] + [_alloc(f) for f in fa])
+        time.sleep(2.5)
+        now = time.time_ns()
+        fa = sorted((tmpfs / "a").glob(f"packets/{a.iface}/q0/*.pcap"))
+        used = sum(_alloc(p) for p in (tmpfs / "a").rglob("*") if p.is_file() and not p.name.startswith("."))
+        fb = sorted((tmpfs / "b").glob(f"packets/{b.iface}/q0/*.pcap"))
+        ages = [(now - f.stat().st_mtime_ns) / 1e9 for f in fb]
+    assert cap.returncode == 0, cap.stderr
+    # bytes: packets + index of a within the limit (the newest file is kept even when alone over it)
+    assert used <= (1 << 20) + biggest, (used, biggest)
+    assert 1999 in pcap_payloads(fa)
+    # age: every completed file of b but the newest ended less than max_age (+ one retention period) ago
+    assert fb and all(age <= 2 + 1.5 for age in ages[:-1]), ages
+    assert len(fb) < 10
