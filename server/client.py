@@ -11,7 +11,10 @@ subclasses with one clear line (QueryError for a bad query).
 """
 from __future__ import annotations
 
-import grpc
+import os
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # grpc core's per-handshake INFO lines are noise here
+import grpc  # noqa: E402
 
 from stenoxdp.errors import QueryError, StenoError
 

@@ -17,7 +17,10 @@ import logging
 import uuid
 from concurrent import futures
 
-import grpc
+import os
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # grpc core's per-handshake INFO lines are noise here
+import grpc  # noqa: E402
 from cryptography import x509
 
 from stenoxdp.errors import QueryError, StenoError

@@ -220,3 +220,23 @@ def test_time_bounds(srv, server_store, certdir):
     with pytest.raises(QueryError, match="before_ns must be later"):
         list(remote_query(f"127.0.0.1:{srv.grpc_port}", certdir[0], f"host {C}", after_ns=hi, before_ns=lo,
                           timeout=20))
+
+
+def test_capture_filter_from_status_files(server_store, certdir, tmp_path):
+    """CaptureFilter reports what the capture daemon publishes in <status_dir>/<pid>.json."""
+    import json
+
+    from stenoxdp.server.daemon import serve
+
+    sd = tmp_path / "status"
+    sd.mkdir()
+    (sd / "4242.json").write_text(json.dumps({"pid": 4242, "ifaces": [{"name": "sxdp0", "filter": "not port 22"},
+                                                                      {"name": "sxdp1", "filter": None}]}))
+    (sd / "4242-sxdp0-q0.json").write_text("{}")  # per-queue files are not daemon status
+    h = serve([server_store], certdir[0], grpc_port=0, audit_stderr=False, status_dir=sd)
+    try:
+        st = remote_status(f"127.0.0.1:{h.grpc_port}", certdir[0])
+    finally:
+        h.stop()
+    got = {f["iface"]: f.get("expression", "") for f in st["filters"]}
+    assert got == {"sxdp0": "not port 22", "sxdp1": ""}
