@@ -86,7 +86,8 @@ def test_refusals(srv, certdir, tmp_path):
     port = srv.grpc_port
     cases = [("no client certificate", _channel(port, cdir, with_cert=False)),
              ("other CA", _channel(port, other, ca_dir=cdir)),
-             ("expired", _channel(port, cdir, "expired"))]
+             ("expired", _channel(port, cdir, "expired")),
+             ("server certificate (no clientAuth usage)", _channel(port, cdir, "server"))]
     for what, ch in cases:
         with ch:
             with pytest.raises(grpc.RpcError) as e:

@@ -94,6 +94,7 @@ def test_refusals(srv, certdir, tmp_path):
         "no client certificate": dict(cert_dir=None),
         "other CA": dict(cert_dir=client_dir(tmp_path, other, "client")),
         "expired": dict(cert_dir=client_dir(tmp_path, cdir, "expired")),
+        "server certificate (no clientAuth usage)": dict(cert_dir=client_dir(tmp_path, cdir, "server")),
     }
     for what, kw in cases.items():
         r = curl(_url(srv), "-d", f"host {B}", "-o", str(tmp_path / "x"), ca=ca, **kw)
