@@ -219,3 +219,56 @@ def test_bytes_and_age_limits_hold(lab_factory, tmpfs, tmp_path):
     # age: every completed file of b but the newest ended less than max_age (+ one retention period) ago
     assert fb and all(age <= 2 + 1.5 for age in ages[:-1]), ages
     assert len(fb) < 10
+
+
+def test_disk_filled_by_another_process(lab, tmpfs, tmp_path):
+    """Another process fills the file system: retention frees our oldest data to get back to the floor;
+    when nothing more can be freed it says so in status, and capture keeps running."""
+    status = tmp_path / "run"
+    status.mkdir()
+    store = tmpfs / "store"
+    cfg = write_config(tmp_path / "c.toml", status, [{
+        "name": lab.iface, "dir": str(store), "dedicated": True, "queues": 1, "rotate_seconds": 1,
+        "rotate_bytes": 2 * MiB, "retention": {"min_free_percent": 25}}])
+    sv = os.statvfs(tmpfs)
+    total = sv.f_blocks * sv.f_frsize
+    floor = total * 25 // 100
+
+    def free() -> int:
+        s = os.statvfs(tmpfs)
+        return s.f_bavail * s.f_frsize
+
+    def fill(name: str, nbytes: int) -> None:
+        with open(tmpfs / name, "wb") as fh:
+            try:
+                fh.write(b"\1" * nbytes)
+            except OSError:
+                pass
+
+    with daemon(cfg, status, lab.iface) as cap:
+        assert lab.trafgen(1400, 40_000, rate_pps=40_000).returncode == 0
+        time.sleep(1.5)
+        ours_before = sorted(store.glob(f"packets/{lab.iface}/q0/*.pcap"))
+        fill("foreign1", free() - floor // 2)  # 20 MB under the floor
+        for _ in range(50):
+            if free() >= floor - 2 * MiB:
+                break
+            time.sleep(0.1)
+        assert free() >= floor - 2 * MiB, (free(), floor)
+        ours_after = sorted(store.glob(f"packets/{lab.iface}/q0/*.pcap"))
+        assert ours_after and ours_after[0] > ours_before[0] and ours_after[-1] >= ours_before[-1]
+        # now more than all of our data: nothing left to free but the newest
+        fill("foreign2", free())
+        time.sleep(1.5)
+        st = cap.status()
+        ret = (st["ifaces"][0].get("retention") or [{}])[0]
+        assert ret.get("floor_unreachable", 0) > 0, ret
+        # the other process goes away: capture is still running and records again
+        (tmpfs / "foreign1").unlink()
+        (tmpfs / "foreign2").unlink()
+        time.sleep(1.0)
+        lab.send_frames([frame(n) for n in range(100)], pps=2000)
+        time.sleep(2.0)
+        assert cap.proc.poll() is None
+    assert cap.returncode == 0, cap.stderr
+    assert pcap_payloads(sorted(store.glob(f"packets/{lab.iface}/q0/*.pcap"))) == set(range(100))
