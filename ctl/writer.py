@@ -36,12 +36,15 @@ from pathlib import Path
 import numpy as np
 
 from . import layout
+from .native.rx import RxBatcher
 from .store import Store
 
 PCAP_NS_MAGIC = 0xA1B23C4D
 LINKTYPE_ETHERNET = 1
 SNAPLEN = 262144
 ALIGN = 4096
+BURST_PPS = 1.5e6  # the fastest burst a queue is sized for (about this VM's XDP_DROP limit)
+IDLE_POLL_NS = 50_000_000  # after this long with an empty ring, sleep in poll() instead
 
 
 def pcap_global_header(snaplen: int = SNAPLEN, nanos: bool = True) -> bytes:
@@ -204,17 +207,20 @@ class PcapSink:
 class Writer:
     def __init__(self, cfg: dict):
         from .xsk import XskSocket, xskmap_set
-        from .native import api as native_api
         from .native import lib as native_lib
 
         native_lib()
-        self.native = native_api
         self.cfg = cfg
         self.iface, self.queue = cfg["iface"], int(cfg["queue"])
         self.batch = int(cfg.get("batch_size", 256))
         self.frame_size = int(cfg.get("frame_size", 4096))
         self.max_rec = 16 + self.frame_size  # upper bound of one record in staging
         self.flush_ns = int(float(cfg.get("flush_interval", 0.5)) * 1e9)
+        self.idle_wait = float(cfg.get("idle_wait_us", 500)) / 1e6
+        ring = int(cfg.get("ring_size", 2048))
+        # never sleep longer than half the RX ring takes to fill at a burst of BURST_PPS
+        self.max_wait = min(0.002, ring / 2 / BURST_PPS)
+        self.quarter_ring = ring / 4
         self.status_path = Path(cfg["status_file"]) if cfg.get("status_file") else None
         store = Store(cfg["dir"], cfg.get("index_dir"))
         self.sink = PcapSink(store, self.iface, self.queue, float(cfg.get("rotate_seconds", 60)),
@@ -236,6 +242,11 @@ class Writer:
         last_flush = last_status = time.monotonic_ns()
         blocked_until = 0
         draining_since = 0
+        idle_since = 0
+        rate = 0.0
+        last_batch = last_flush
+        c = self.c
+        rxb = RxBatcher(xsk, sink.st, sink.recs)
         self._publish()
         while True:
             now = time.monotonic_ns()
@@ -258,12 +269,23 @@ class Writer:
                     self._publish()
                     last_status = now
                 if not blocked_until:
-                    poller.poll(20 if draining_since else 100)
+                    # Empty ring: a short sleep lets the next batch build up (per-batch costs are
+                    # then shared by many packets); after IDLE_POLL_NS without traffic, block in
+                    # poll() until the kernel wakes us, so an idle link costs nothing.
+                    if idle_since == 0:
+                        idle_since = now
+                    if now - idle_since < IDLE_POLL_NS:
+                        # sleep about a quarter ring's worth of packets at the recent rate
+                        wait = self.idle_wait if rate < 1000 else min(self.max_wait, self.quarter_ring / rate)
+                        time.sleep(max(5e-5, wait))
+                    else:
+                        poller.poll(20 if draining_since else 100)
                 continue
-            n = min(n, self.batch)
+            idle_since = 0
             if not sink.is_open:
                 sink.open_new()
                 last_flush = now
+            n = self.batch
             # near the size limit take fewer packets: a file ends at most one record past rotate_bytes
             room = sink.rotate_bytes - sink.file_bytes
             if room < n * self.max_rec:
@@ -275,21 +297,21 @@ class Writer:
                 n = min(n, sink.space() // self.max_rec)
                 if n <= 0:
                     continue
-            start = int(xsk.rx.consumer[0])
-            nbytes, ndone, nbad = self.native.gather(
-                xsk.umem_np, xsk.rx.ring, xsk.rx.mask, start, n, sink.st[sink.pos :],
-                sink.base + sink.pos, sink.recs[sink.nrec :])
-            xsk.recycle(start, ndone)
-            if ndone:
-                good = ndone - nbad
-                recs = sink.recs[sink.nrec : sink.nrec + good]
-                self.c["packets"] += good
-                self.c["wire_bytes"] += int(recs["wirelen"].sum())
-                self.c["last_ts_ns"] = int(recs["ts_ns"][-1]) if good else self.c["last_ts_ns"]
-                self.c["bad_descs"] += nbad
-                sink.pos += nbytes
+            res = rxb(n, sink.pos, sink.base + sink.pos, sink.nrec)
+            if res.ndone:
+                good = res.ndone - res.nbad
+                c["packets"] += good
+                c["wire_bytes"] += res.wire_bytes
+                if good:
+                    c["last_ts_ns"] = res.last_ts
+                c["bad_descs"] += res.nbad
+                c["batches"] += 1
+                sink.pos += res.nbytes
                 sink.nrec += good
-                self.c["batches"] += 1
+                dt = now - last_batch
+                if dt > 0:
+                    rate = 0.8 * rate + 0.2 * (res.ndone * 1e9 / dt)
+                last_batch = now
             if sink.pos >= sink.block:
                 blocked_until = self._guard(sink.write_blocks, now)
             if sink.due(now):

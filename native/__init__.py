@@ -13,7 +13,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BPF_DIR = HERE.parent / "bpf"
-SOURCES = [HERE / "sxdp_native.c", BPF_DIR / "sxdp.h", BPF_DIR / "parse.h"]
+C_FILES = sorted(HERE.glob("*.c"))  # sxdp_native.c (gather, pcap indexing), sxdp_rx.c (writer's RX batch)
+SOURCES = C_FILES + [BPF_DIR / "sxdp.h", BPF_DIR / "parse.h"]
 CFLAGS = ["-O2", "-g", "-fPIC", "-shared", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11"]
 
 
@@ -43,7 +44,7 @@ def build(force: bool = False) -> Path:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".tmp{os.getpid()}")
-    cmd = ["gcc", *CFLAGS, f"-I{BPF_DIR}", "-o", str(tmp), str(SOURCES[0])]
+    cmd = ["gcc", *CFLAGS, f"-I{BPF_DIR}", "-o", str(tmp), *map(str, C_FILES)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         from stenoxdp.errors import StenoError
