@@ -16,7 +16,6 @@ import importlib
 import os
 import re
 import shutil
-import sys
 import tempfile
 import threading
 from pathlib import Path

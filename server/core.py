@@ -20,7 +20,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
 from stenoxdp.errors import QueryError, StenoError
@@ -29,6 +29,16 @@ from .audit import AuditLog
 
 log = logging.getLogger("stenoxdp.server")
 QUERY_NICE = 10
+
+
+def lower_thread_priority() -> None:
+    """nice +QUERY_NICE for the calling thread only (Linux priorities are per thread)."""
+    try:
+        tid = threading.get_native_id()
+        if os.getpriority(os.PRIO_PROCESS, tid) < QUERY_NICE:
+            os.setpriority(os.PRIO_PROCESS, tid, QUERY_NICE)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass
@@ -129,10 +139,7 @@ class Answer:
 
     # -- engine side ---------------------------------------------------------
     def _produce(self) -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), QUERY_NICE)
-        except (OSError, AttributeError):
-            pass
+        lower_thread_priority()
         item = _END
         try:
             for chunk in self.stream:

@@ -26,7 +26,7 @@ from cryptography import x509
 from stenoxdp.errors import QueryError, StenoError
 
 from . import certs
-from .core import AnswerTooLarge, BusyError, Client, ClientGone, QueryService, QueryTimeout, ServerError
+from .core import Client, ClientGone, QueryService, ServerError, lower_thread_priority
 
 log = logging.getLogger("stenoxdp.server")
 DEFAULT_CHUNK = 1 << 20
@@ -71,6 +71,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self.svc, self.rev = svc, revocations
 
     def _check(self, ctx, method: str) -> None:
+        lower_thread_priority()  # the pool threads only ever serve queries
         c = peer_client(ctx, "grpc")
         if not c.serial:
             self.svc.refused(c, f"no client certificate on {method}")

@@ -32,7 +32,7 @@ from cryptography import x509
 from stenoxdp.errors import QueryError, StenoError
 
 from . import certs
-from .core import BusyError, Client, ClientGone, QueryService, ServerError
+from .core import BusyError, Client, QueryService, ServerError, lower_thread_priority
 
 log = logging.getLogger("stenoxdp.server")
 HANDSHAKE_TIMEOUT = 10.0
@@ -69,6 +69,7 @@ class _Server(ThreadingHTTPServer):
 
     def finish_request(self, request, client_address):
         peer = f"{client_address[0]}:{client_address[1]}"
+        lower_thread_priority()  # this connection's thread: TLS and sending run below capture too
         request.settimeout(HANDSHAKE_TIMEOUT)
         try:
             request.do_handshake()
