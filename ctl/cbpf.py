@@ -626,3 +626,28 @@ def prog_test_run(fd: int, frame: bytes) -> int:
         e = ctypes.get_errno()
         raise OSError(e, f"BPF_PROG_TEST_RUN on a {len(frame)}-byte frame: {os.strerror(e)}")
     return attr.retval
+
+
+def prepare_frames(frames: list[bytes]) -> list[tuple[ctypes.Array, int]]:
+    """Frames as ctypes buffers, built once for many test_run_many() calls."""
+    return [(ctypes.create_string_buffer(f, len(f)), len(f)) for f in frames]
+
+
+def test_run_many(fd: int, prepared: list[tuple[ctypes.Array, int]]) -> list[int]:
+    """prog_test_run() over many prepared frames, reusing one attr block."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    attr = _TestRunAttr(prog_fd=fd, repeat=1)
+    ref, size, call = ctypes.byref(attr), ctypes.sizeof(attr), _libc.syscall
+    out = []
+    for buf, n in prepared:
+        attr.data_in = ctypes.addressof(buf)
+        attr.data_size_in = n
+        attr.data_size_out = 0        # the kernel wrote the last output size here
+        if call(SYS_BPF, BPF_PROG_TEST_RUN, ref, size) != 0:
+            import os
+            e = ctypes.get_errno()
+            raise OSError(e, f"BPF_PROG_TEST_RUN on a {n}-byte frame: {os.strerror(e)}")
+        out.append(attr.retval)
+    return out
