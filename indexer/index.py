@@ -65,20 +65,21 @@ def _be_cols(vals: np.ndarray, width: int) -> list[np.ndarray]:
 
 
 def _type_columns(recs: np.ndarray):
-    """Yield (type byte, value width, ordinals, (n, width) uint8 BE values) per key type."""
+    """Yield (type byte, value width, ordinals, values) per key type: values are
+    an integer array for widths <= 4 bytes, an (n, 16) uint8 matrix for IPv6."""
     flags = recs["flags"]
-    ordn = np.arange(len(recs), dtype=np.int64)
+    ordn = np.arange(len(recs), dtype=np.uint64)
     ip4 = (flags & layout.F_IPV4) != 0
     ip6 = (flags & layout.F_IPV6) != 0
     ip = ip4 | ip6
     ports = ((flags & layout.F_PORTS) != 0) & ((flags & layout.F_NONFIRST_FRAG) == 0)
 
-    yield K.T_PROTO, 1, ordn[ip], recs["proto"][ip].reshape(-1, 1)
-    for t, f in ((K.T_SPORT, "sport"), (K.T_DPORT, "dport")):
-        v = recs[f][ports].astype(">u2").view(np.uint8).reshape(-1, 2)
-        yield t, 2, ordn[ports], v
-    yield K.T_SRC4, 4, ordn[ip4], recs["src"][ip4][:, :4]
-    yield K.T_DST4, 4, ordn[ip4], recs["dst"][ip4][:, :4]
+    yield K.T_PROTO, 1, ordn[ip], recs["proto"][ip]
+    yield K.T_SPORT, 2, ordn[ports], recs["sport"][ports]
+    yield K.T_DPORT, 2, ordn[ports], recs["dport"][ports]
+    for t, f in ((K.T_SRC4, "src"), (K.T_DST4, "dst")):
+        a = np.ascontiguousarray(recs[f][:, :4][ip4]).view(">u4").reshape(-1)
+        yield t, 4, ordn[ip4], a
     yield K.T_SRC6, 16, ordn[ip6], recs["src"][ip6]
     yield K.T_DST6, 16, ordn[ip6], recs["dst"][ip6]
     nv = recs["n_vlan"]
@@ -86,12 +87,39 @@ def _type_columns(recs: np.ndarray):
     for i in range(layout.META_VLANS):
         m = nv > i
         vo.append(ordn[m])
-        vv.append((recs["vlan"][m, i] & 0x0FFF).astype(">u2").view(np.uint8).reshape(-1, 2))
+        vv.append(recs["vlan"][:, i][m] & 0x0FFF)
     yield K.T_VLAN, 2, np.concatenate(vo), np.concatenate(vv)
     m = recs["n_mpls"] > 0
-    yield K.T_MPLS, 4, ordn[m], recs["mpls"][m].astype(">u4").view(np.uint8).reshape(-1, 4)
-    fam = np.where(ip4, 4, np.where(ip6, 6, 0)).astype(np.uint8)
-    yield K.T_FAMILY, 1, ordn[ip], fam[ip].reshape(-1, 1)
+    yield K.T_MPLS, 4, ordn[m], recs["mpls"][m]
+    yield K.T_FAMILY, 1, ordn[ip], np.where(ip4[ip], 4, 6)
+
+
+def _encode_groups(t: int, width: int, ordn: np.ndarray, kb: bytes, starts: np.ndarray, out: list) -> None:
+    """Sorted ordinals split into groups at starts (one group per key, whose value
+    bytes are kb[i*width:(i+1)*width]) -> (key, delta array) entries appended to out."""
+    ordn = ordn.astype(np.int64)
+    ends = np.append(starts[1:], len(ordn))
+    d = np.empty(len(ordn), np.int64)
+    d[0] = ordn[0]
+    d[1:] = ordn[1:] - ordn[:-1]
+    d[starts] = ordn[starts]
+    mx = np.maximum.reduceat(d, starts)
+    width_code = np.where(mx < 1 << 8, 1, np.where(mx < 1 << 16, 2, 4))
+    tb = bytes([t])
+    counts = ends - starts
+    gval: list = [None] * len(starts)
+    elem_w = np.repeat(width_code, counts)
+    for w in (1, 2, 4):  # one cast per width class, then byte slices per key
+        gsel = np.flatnonzero(width_code == w)
+        if len(gsel) == 0:
+            continue
+        data = d[elem_w == w].astype(f"<u{w}").tobytes()
+        bend = np.cumsum(counts[gsel] * w)
+        bstart = bend - counts[gsel] * w
+        pre = bytes([w])
+        for gi, bs, be in zip(gsel.tolist(), bstart.tolist(), bend.tolist()):
+            gval[gi] = pre + data[bs:be]
+    out.extend((tb + kb[i * width : (i + 1) * width], v) for i, v in enumerate(gval))
 
 
 def postings(recs: np.ndarray) -> list[tuple[bytes, bytes]]:
@@ -100,34 +128,34 @@ def postings(recs: np.ndarray) -> list[tuple[bytes, bytes]]:
     for t, width, ordn, vals in _type_columns(recs):
         if len(ordn) == 0:
             continue
+        if width <= 4:
+            # one u64 sort: value in the high 32 bits, ordinal in the low 32
+            k = (vals.astype(np.uint64) << np.uint64(32)) | ordn
+            k.sort()
+            keep = np.ones(len(k), bool)
+            keep[1:] = k[1:] != k[:-1]  # same key twice in one packet (QinQ 10/10)
+            if not keep.all():
+                k = k[keep]
+            v = k >> np.uint64(32)
+            o = k & np.uint64(0xFFFFFFFF)
+            change = np.ones(len(k), bool)
+            change[1:] = v[1:] != v[:-1]
+            starts = np.flatnonzero(change)
+            kb = v[starts].astype(f">u{width}").tobytes()
+            _encode_groups(t, width, o, kb, starts, out)
+            continue
         vals = np.ascontiguousarray(vals, dtype=np.uint8)
         cols = _be_cols(vals, width)
         order = np.lexsort([ordn] + cols[::-1])
         ordn = ordn[order]
         cols = [c[order] for c in cols]
-        vals = vals[order]
         change = np.zeros(len(ordn), bool)
         change[0] = True
         for c in cols:
             change[1:] |= c[1:] != c[:-1]
-        dup = np.zeros(len(ordn), bool)
-        dup[1:] = ~change[1:] & (ordn[1:] == ordn[:-1])  # same key twice in one packet (QinQ 10/10)
-        if dup.any():
-            keep = ~dup
-            ordn, vals, change = ordn[keep], vals[keep], change[keep]
         starts = np.flatnonzero(change)
-        ends = np.append(starts[1:], len(ordn))
-        d = np.empty(len(ordn), np.int64)
-        d[0] = ordn[0]
-        d[1:] = ordn[1:] - ordn[:-1]
-        d[starts] = ordn[starts]
-        mx = np.maximum.reduceat(d, starts)
-        width_code = np.where(mx < 1 << 8, 1, np.where(mx < 1 << 16, 2, 4))
-        tb = bytes([t])
-        kb = vals[starts].tobytes()
-        for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist())):
-            w = int(width_code[i])
-            out.append((tb + kb[i * width : (i + 1) * width], bytes([w]) + d[s:e].astype(f"<u{w}").tobytes()))
+        kb = vals[order][starts].tobytes()
+        _encode_groups(t, width, ordn, kb, starts, out)
     return out
 
 
