@@ -53,6 +53,7 @@ class Trial:
     iface_rx: int = 0
     cpu_s: float = 0.0       # tool's whole-tree CPU from traffic start to its exit (wait4), incl. exit work
     cpu_window_s: float = 0.0  # the same up to the moment its output stopped growing (before the stop)
+    idle_cpu_pct: float | None = None  # steady trials: the tool's CPU with no traffic, % of one core over 1 s
     sys_busy_s: float = 0.0
     disk: dict = field(default_factory=dict)
     tool_stats: dict | None = None  # the tool's own counters before the stop (stenoxdp: stenoctl status)
@@ -101,6 +102,10 @@ def run_trial(lab, cap: tools.Capturer, work: Path, size: int, kind: str, count:
     out = work / f"{cap.name}-{size}-{kind}-{time.monotonic_ns()}"
     try:
         cap.start(lab, out, size, filter_expr)
+        if kind == "steady":  # what the tool costs with nothing to capture
+            c_idle, t_idle = cap.cpu_seconds(), time.monotonic()
+            time.sleep(1.0)
+            t.idle_cpu_pct = 100.0 * (cap.cpu_seconds() - c_idle) / (time.monotonic() - t_idle)
         cpu0, busy0, rx0 = cap.cpu_seconds(), tools.system_busy(), _iface_rx(lab.iface)
         t0 = time.monotonic()
         r = lab.trafgen(size, count, int(rate) if rate else None, cpu=GEN_CPU, flows=10, timeout=gen_timeout)
@@ -225,6 +230,7 @@ def summarize(trials: list[Trial], plan: Plan) -> dict:
             rep += 1
         by_rep.setdefault(rep, []).append(t)
     lossless, gen_bound, sat_cap, sat_off, sat_loss, cpu, disk, disk_pk, errors = [], [], [], [], [], [], [], [], []
+    idle, steady_rate = [], []
     paced_gen = []
     for ts in by_rep.values():
         sat = next((t for t in ts if t.kind == "sat"), None)
@@ -242,7 +248,10 @@ def summarize(trials: list[Trial], plan: Plan) -> dict:
         paced_gen.append(bool(best and best.gen_short))
         st = next((t for t in ts if t.kind == "steady" and not t.error and t.captured), None)
         if st:
-            cpu.append(st.cpu_s / st.captured * 1e6 if st.kind != "filter" else st.cpu_s / st.sent * 1e6)
+            cpu.append(st.cpu_s / st.captured * 1e6)
+            steady_rate.append(st.offered_pps)
+            if st.idle_cpu_pct is not None:
+                idle.append(st.idle_cpu_pct)
             disk.append(st.disk.get("bytes", 0) / st.captured)
             if "packet_bytes" in st.disk:
                 disk_pk.append(st.disk["packet_bytes"] / st.captured)
@@ -257,12 +266,25 @@ def summarize(trials: list[Trial], plan: Plan) -> dict:
         "cpu_s_per_mpkt": med(cpu),
         "disk_bytes_per_pkt": med(disk),
         "disk_packet_bytes_per_pkt": med(disk_pk),
+        "idle_cpu_pct": med(idle),
+        "steady_offered_pps": med(steady_rate),
         "repeats": len(by_rep),
         "errors": errors[:5],
     }
 
 
-def run(lab_factory, tool_names: list[str], plan: Plan, work: Path, log) -> dict:
+def _repeats_fit(r: int, t0: float, deadline: float | None, log, what: str) -> bool:
+    """Before repeat r (0-based): does one more repeat, at the pace so far, end before the deadline?"""
+    if deadline is None or r == 0:
+        return True
+    per = (time.monotonic() - t0) / r
+    if time.monotonic() + per <= deadline:
+        return True
+    log(f"{what}: stopping after {r} repeat(s): another would pass the time budget (--max-minutes)")
+    return False
+
+
+def run(lab_factory, tool_names: list[str], plan: Plan, work: Path, log, deadline: float | None = None) -> dict:
     """The whole capture benchmark; returns a JSON-able dict."""
     result = {"plan": asdict(plan), "tools": {}, "skipped": {}, "trials": []}
     caps = []
@@ -275,8 +297,11 @@ def run(lab_factory, tool_names: list[str], plan: Plan, work: Path, log) -> dict
         else:
             caps.append(cap)
     allt: list[Trial] = []
+    t0 = time.monotonic()
     with lab_factory() as lab:
         for r in range(plan.repeats):
+            if not _repeats_fit(r, t0, deadline, log, "capture"):
+                break
             for size in plan.sizes:
                 for cap in caps:   # interleaved, so slow drifts in the machine hit every tool alike
                     log(f"capture: repeat {r + 1}/{plan.repeats} {cap.name} {size} B")
@@ -296,7 +321,7 @@ def run(lab_factory, tool_names: list[str], plan: Plan, work: Path, log) -> dict
 
 
 def run_filter(lab_factory, tool_names: list[str], plan: Plan, work: Path, log,
-               expr: str = "udp and src port 1024") -> dict:
+               expr: str = "udp and src port 1024", deadline: float | None = None) -> dict:
     """Issue 6: a filter that keeps 10 % of the traffic (trafgen cycles the UDP
     source port over 1024..1033, so `src port 1024` is exactly every tenth
     frame). Lossless rate (bisected as above, paced) and CPU per million
@@ -313,8 +338,11 @@ def run_filter(lab_factory, tool_names: list[str], plan: Plan, work: Path, log,
         else:
             caps.append(cap)
     allt: list[Trial] = []
+    t0 = time.monotonic()
     with lab_factory() as lab:
         for r in range(plan.repeats):
+            if not _repeats_fit(r, t0, deadline, log, "filter"):
+                break
             for size in plan.sizes:
                 for cap in caps:
                     log(f"filter: repeat {r + 1}/{plan.repeats} {cap.name} {size} B")

@@ -28,8 +28,8 @@ def capture_table(res: dict, title: str = "Capture", cpu_key: str = "cpu_s_per_m
                   cpu_title: str = "CPU s / Mpkt @ steady") -> list[str]:
     sizes = res["plan"]["sizes"] if "plan" in res else None
     out = [f"### {title}", "",
-           f"| tool | frame | lossless pps | saturation: captured (offered) | loss % at saturation | {cpu_title} | disk B/pkt |",
-           "|---|---|---|---|---|---|---|"]
+           f"| tool | frame | lossless pps | saturation: captured (offered) | loss % at saturation | {cpu_title} (rate reached) | idle CPU % | disk B/pkt |",
+           "|---|---|---|---|---|---|---|---|"]
     for name in ORDER:
         t = res["tools"].get(name)
         if not t:
@@ -42,7 +42,8 @@ def capture_table(res: dict, title: str = "Capture", cpu_key: str = "cpu_s_per_m
                 disk += f" ({s['disk_packet_bytes_per_pkt']:.0f} pkt files)"
             out.append(f"| {t['label']} | {size} B | {_lossless(s)} | {fmt_pps(s.get('sat_captured_pps'))} "
                        f"({fmt_pps(s.get('sat_offered_pps'))}) | {_num(s.get('sat_loss_pct'), '{:.0f}')} | "
-                       f"{_num(s.get(cpu_key))} | {disk} |")
+                       f"{_num(s.get(cpu_key))} ({fmt_pps(s.get('steady_offered_pps'))}) | "
+                       f"{_num(s.get('idle_cpu_pct'), '{:.0f}')} | {disk} |")
     for n, why in res.get("skipped", {}).items():
         out.append(f"\n*{n} not measured: {why}*")
     errs = [(n, sz, e) for n, t in res["tools"].items() for sz, s in t["sizes"].items() for e in s.get("errors", [])]
@@ -65,11 +66,16 @@ def ratios(res: dict) -> list[str]:
             for other in ("tcpdump", "stenographer"):
                 o = t.get(other, {}).get("sizes", {}).get(size, {})
                 a, b = s.get(key), o.get(key)
-                parts.append(f"{a / b:.2f}" if a and b else "–")
+                mark = ""
+                if key == "lossless_pps" and any(x.get("lossless_gen_bound") or x.get("lossless_paced_gen_limit")
+                                                 for x in (s, o)):
+                    mark = "*"
+                parts.append(f"{a / b:.2f}{mark}" if a and b else "–")
             cells.append(" / ".join(parts))
         out.append(f"| {size} B | {cells[0]} | {cells[1]} |")
     out.append("")
-    out.append("Ratios of generator-bound cells compare generator limits, not the tools.")
+    out.append("\\* one of the two lossless rates is a generator limit (\"(gen)\" or \"(paced gen)\"): "
+               "that ratio compares what the generator reached in the two runs, not the tools.")
     return out
 
 
@@ -77,6 +83,9 @@ def query_table(res: dict) -> list[str]:
     out = ["### Query latency (stenoctl query on an imported store)", ""]
     if res.get("skipped"):
         return out + [f"*not measured: {res['skipped']}*"]
+    if res.get("cli_startup_ms"):
+        out += [f"Times are as a user sees them: from starting `stenoctl query` to its first byte / its end on stdout; "
+                f"the CLI's start-up alone (`stenoctl query --help`) took {res['cli_startup_ms']:.0f} ms.", ""]
     out += ["| store packets | import s | index B/pkt | query | answer packets | first byte ms | total ms |",
             "|---|---|---|---|---|---|---|"]
     for st in res["stores"]:
