@@ -78,6 +78,29 @@ def certs_list(dir: Path = typer.Option(..., "--dir", "-d", help="Certificate di
     ui.console.print(ui.table(f"certificates in {dir}", ["name", "role", "subject", "serial", "expires", "state"], rows))
 
 
+@certs_app.command("steno-config", help="Write the Stenographer-style client config (Host, Port, CertPath) that "
+                   "Debian's stenoread/stenocurl read from $STENOGRAPHER_CONFIG.\n\n"
+                   "Example: stenoctl certs steno-config --dir /etc/stenoxdp/certs --port 1234 -o ~/.steno.json; "
+                   "STENOGRAPHER_CONFIG=~/.steno.json stenoread 'host 198.18.0.2' -n")
+def certs_steno_config(
+    dir: Path = typer.Option(..., "--dir", "-d", help="Certificate directory with ca_cert.pem, client_cert.pem, "
+                             "client_key.pem (stenocurl's fixed names)."),
+    port: int = typer.Option(..., "--port", "-p", help="The server's HTTPS port (stenoctl serve --port)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="The server's address as in its certificate's SAN."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+) -> None:
+    import json
+
+    from stenoxdp.server import certs
+
+    certs.client_files(dir)  # clear error when the client files are missing
+    text = json.dumps({"Host": host, "Port": port, "CertPath": str(Path(dir).resolve())}, indent=2) + "\n"
+    if output:
+        Path(output).write_text(text)
+    else:
+        print(text, end="")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(certs_app, name="certs")
 

@@ -1,12 +1,13 @@
 """stenoctl serve: clear errors, serves a store to stenoread, stops on SIGTERM."""
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
 import time
 
-from .test_server_common import C, certdir, local_answer, read_pcap, server_store, steno_config  # noqa: F401
+from .test_server_common import C, certdir, local_answer, read_pcap, server_store  # noqa: F401
 
 
 def test_serve_missing_certs(tmp_path, stenoctl):
@@ -35,7 +36,11 @@ def test_serve_store(server_store, certdir, tmp_path, stenoctl):
                 port = int(m.group(1))
             assert line or p.poll() is None, "stenoctl serve exited early"
         assert port
-        env = steno_config(tmp_path, port, cdir)
+        cfg = tmp_path / "steno.json"
+        r = subprocess.run([stenoctl, "certs", "steno-config", "--dir", str(cdir), "--port", str(port), "-o", str(cfg)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        env = dict(os.environ, STENOGRAPHER_CONFIG=str(cfg))
         r = subprocess.run(["stenoread", f"host {C}", "-w", str(tmp_path / "o.pcap")], env=env,
                            capture_output=True, timeout=60)
         assert r.returncode == 0, r.stderr

@@ -241,3 +241,11 @@ def test_capture_filter_from_status_files(server_store, certdir, tmp_path):
         h.stop()
     got = {f["iface"]: f.get("expression", "") for f in st["filters"]}
     assert got == {"sxdp0": "not port 22", "sxdp1": ""}
+
+
+def test_iface_and_micros(srv, server_store, certdir):
+    addr = f"127.0.0.1:{srv.grpc_port}"
+    got = b"".join(remote_query(addr, certdir[0], f"host {B}", iface="import", micros=True, timeout=20))
+    assert got == local_answer(server_store, f"host {B}", iface="import", micros=True)
+    assert got[:4] == b"\xd4\xc3\xb2\xa1" and len(read_pcap(got)) == N_UDP
+    assert len(b"".join(remote_query(addr, certdir[0], f"host {B}", iface="other0", timeout=20))) == 24
