@@ -369,3 +369,17 @@ def test_random_programs_match_libpcap_on_the_host(tmp_path):
     split = sum(1 for p in progs if 0 < sum(cbpf.PcapMatcher(p)(fr) != 0 for fr in frames) < len(frames))
     assert split >= 30, f"only {split} random programs split the frames: the test says little"
 
+
+
+def test_ancillary_vlan_loads_read_as_no_tag_in_metadata():
+    """`tcpdump -ddd -i IFACE 'vlan 100'` on Linux (what Stenographer's
+    compile_bpf.sh feeds stenotype) first asks the socket for an offloaded tag
+    (SKF_AD_VLAN_TAG_PRESENT) and falls back to the tag in the frame. XDP sees
+    the tag in the frame, so the translation answers "no offloaded tag"."""
+    vlanp = cbpf.SKF_AD_OFF + cbpf.SKF_AD_VLAN_TAG_PRESENT
+    prog = [Insn(cbpf.LD | cbpf.B | cbpf.ABS, 0, 0, vlanp), Insn(cbpf.JMP | cbpf.JEQ | cbpf.K, 0, 1, 1),
+            Insn(cbpf.RET | cbpf.K, 0, 0, 0), Insn(cbpf.RET | cbpf.K, 0, 0, 1)]
+    f = cbpf.Filter.from_hex(cbpf.to_hex(prog))
+    assert "A = 0; /* ancillary vlanp" in f.c_source()
+    with pytest.raises(FilterError, match="socket metadata"):
+        cbpf.validate([Insn(cbpf.LD | cbpf.W | cbpf.ABS, 0, 0, cbpf.SKF_AD_OFF + 4), Insn(cbpf.RET | cbpf.K, 0, 0, 1)])
