@@ -295,7 +295,19 @@ def _read_batch(items: list[tuple[_Source, np.ndarray, np.ndarray]], warn) -> tu
             ok_all.append(ok)
             continue
         if s.fd < 0:
-            s.fd = os.open(s.pf.pcap, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                s.fd = os.open(s.pf.pcap, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:  # deleted by retention (or renamed complete) meanwhile
+                alt = s.pf.pcap.with_name(s.pf.pcap.name.lstrip(".")) if not s.pf.complete else None
+                try:
+                    if alt is None:
+                        raise FileNotFoundError
+                    s.fd = os.open(alt, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    warn(f"{s.pf.pcap} was deleted during the query; {n} packet(s) from it are missing")
+                    starts_all.append(starts)
+                    ok_all.append(np.zeros(n, bool))
+                    continue
         o = np.argsort(off, kind="stable")
         so, sl = off[o], ln[o]
         ends = so + sl

@@ -192,9 +192,10 @@ def build_index(recs: np.ndarray, idx_path: os.PathLike | str, file_size: int | 
     idx_path = Path(idx_path)
     idx_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = idx_path.with_name("." + idx_path.name + ".tmp")
-    sst = idx_path.with_name("." + idx_path.name + ".sst")
     if tmp.exists():
         shutil.rmtree(tmp)
+    tmp.mkdir()
+    sst = tmp / "ingest.sst"  # inside the temp dir: salvage removes it with the dir after a crash
     entries = postings(recs) + table_entries(recs, file_size)
     entries.sort(key=lambda kv: kv[0])
     o = _options(True)

@@ -349,3 +349,24 @@ def test_cli_refuses_terminal(tmp_path):
     _os.close(m)
     _os.close(s)
     assert p.returncode == 2 and b"terminal" in p.stderr
+
+
+def test_file_deleted_during_query(tmp_path):
+    st = Store(tmp_path).init()
+    rng = np.random.default_rng(9)
+    for i in range(3):
+        r = rand_recs(3000, seed=20 + i, t0=T0 + i * 100 * 10**9, sizes=(60, 200))
+        data = _pcap_bytes(r, rng)
+        pcap, _, idx = st.final_paths("e", 0, T0 + i * 100 * 10**9)
+        pcap.parent.mkdir(parents=True, exist_ok=True)
+        pcap.write_bytes(data)
+        I.build_index(r, idx, len(data))
+    s = engine.query(st, "ip or not ip")
+    it = iter(s)
+    next(it)
+    got = len(_split(engine.pcap_header() + next(it)))
+    st.files()[2].pcap.unlink()  # retention deletes the newest file's pcap mid-answer
+    rest = b"".join(it)
+    total = got + len(_split(engine.pcap_header() + rest))
+    assert total == 6000 and s.packets == 6000
+    assert any("deleted during the query" in w for w in s.warnings)
