@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import MAX_ROTATE_BYTES, Retention
-from .store import IDX_SUFFIX, PCAP_SUFFIX, REC_SUFFIX, Store, stamp_name
+from .store import IDX_SUFFIX, Store, stamp_name
 
 log = logging.getLogger("stenoxdp.retention")
 

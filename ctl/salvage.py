@@ -29,7 +29,7 @@ import numpy as np
 
 from .layout import REC_DTYPE
 from .retention import TOMB_SUFFIX, _fsync_dir, finish_deletion
-from .store import IDX_SUFFIX, PCAP_SUFFIX, REC_SUFFIX, Store, stamp_name
+from .store import IDX_SUFFIX, PCAP_SUFFIX, REC_SUFFIX, Store
 
 log = logging.getLogger("stenoxdp.salvage")
 
