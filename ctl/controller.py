@@ -132,14 +132,21 @@ class IfaceCapture:
             raise InterfaceError(f"{self.name} has {n} RX queue(s); the config asks for {want}")
         return list(range(want))
 
-    def start(self) -> None:
-        from . import bpfprog
-
+    def preflight(self) -> None:
+        """Every check on the system that needs no change to it: run for all interfaces before any starts."""
         cfg = self.cfg
         self.facts = iface_facts(cfg.name)
         check_dedicated(self.facts, cfg.dedicated)
         if not self.facts.up:
             raise InterfaceError(f"interface {cfg.name} is down: `ip link set {cfg.name} up` first")
+        self.plan_queues()
+
+    def start(self) -> None:
+        from . import bpfprog
+
+        cfg = self.cfg
+        if self.facts is None:
+            self.preflight()
         for st, _ in self.stores:
             st.init()
         self._salvage()
@@ -341,12 +348,15 @@ class Controller:
         names = [c.name for c in self.caps]
         if len(set(names)) != len(names):
             raise StenoError("an interface is listed twice")
+        for c in self.caps:  # nothing starts unless every interface can be taken
+            c.preflight()
         try:
             for c in self.caps:
                 c.start()
         except BaseException:
             for c in self.caps:
                 c.stop()
+            self._remove_status_files()
             raise
 
     def run(self) -> int:
@@ -390,16 +400,19 @@ class Controller:
                 except Exception:
                     pass
             self._index_all()
-            try:
-                self.status_file.unlink()
-            except OSError:
-                pass
-            for c in self.caps:
-                for q in c.writers:
-                    try:
-                        (self.status_dir / f"{os.getpid()}-{c.name}-q{q}.json").unlink()
-                    except OSError:
-                        pass
+            self._remove_status_files()
+
+    def _remove_status_files(self) -> None:
+        try:
+            self.status_file.unlink()
+        except OSError:
+            pass
+        for c in self.caps:
+            for q in c.writers:
+                try:
+                    (self.status_dir / f"{os.getpid()}-{c.name}-q{q}.json").unlink()
+                except OSError:
+                    pass
 
     def _start_server(self) -> None:
         from stenoxdp.server import daemon

@@ -89,6 +89,11 @@ def register(app: typer.Typer) -> None:
             cfg, ignored = cfgmod.from_stenographer(stenographer_config)
             for line in ignored:
                 logging.getLogger("stenoxdp").info("stenographer config: ignored %s", line)
+        probs = cfgmod.check_paths(cfg)
+        if probs:  # nothing starts half-configured: refuse before any interface is touched
+            from ..errors import ConfigError
+
+            raise ConfigError(probs[0] + (f" (and {len(probs) - 1} more problem(s))" if len(probs) > 1 else ""))
         try:
             from .. import memory
 
