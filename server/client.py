@@ -4,6 +4,7 @@
     ans = remote_query("198.18.0.1:1235", "/etc/stenoxdp/certs", "host 198.18.0.2")
     for chunk in ans: out.write(chunk)        # one pcap file, header first
     ans.packets, ans.bytes, ans.truncated      # from the server's summary, after the loop
+    ans.warnings                               # the server engine's warnings (skipped/scanned files)
 
 certs_dir holds ca_cert.pem and NAME_cert.pem / NAME_key.pem (name="client"
 by default: client_cert.pem / client_key.pem). Failures raise StenoError
@@ -62,6 +63,7 @@ class RemoteAnswer:
         self.packets = self.bytes = 0
         self.truncated = False
         self.seconds = 0.0
+        self.warnings: list[str] = []  # the server engine's warnings (from the summary)
 
     def __iter__(self):
         try:
@@ -72,6 +74,7 @@ class RemoteAnswer:
                 elif kind == "summary":
                     s = r.summary
                     self.packets, self.bytes, self.truncated, self.seconds = s.packets, s.bytes, s.truncated, s.seconds
+                    self.warnings = list(s.warnings)
         except grpc.RpcError as e:
             raise _explain(e, self.server) from None
         finally:

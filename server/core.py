@@ -180,6 +180,10 @@ class Answer:
         return not (self.limit_packets and self.packets >= self.limit_packets)
 
     @property
+    def warnings(self) -> list[str]:
+        return list(getattr(self.stream, "warnings", []) or [])
+
+    @property
     def truncated(self) -> bool:
         return bool(getattr(self.stream, "truncated", False)) and not self._server_cut()
 
@@ -349,7 +353,7 @@ class QueryService:
         self.counters.add("packets_sent", a.packets)
         self.counters.add("bytes_sent", a.bytes)
         self._audit(a.client, a.text, a.packets, a.bytes, time.monotonic() - a.t0, outcome,
-                    truncated=a.truncated)
+                    truncated=a.truncated, warnings=len(a.warnings))
 
     def _audit(self, client: Client, text: str, packets: int, nbytes: int, seconds: float, outcome: str,
                **extra) -> None:
@@ -357,6 +361,8 @@ class QueryService:
                       packets=packets, bytes=nbytes, seconds=seconds, outcome=outcome)
         if extra.get("truncated"):
             fields["truncated"] = 1
+        if extra.get("warnings"):
+            fields["warnings"] = extra["warnings"]
         self.audit.line("query", **fields)
 
     def refused(self, client: Client, reason: str, counter: str = "refused_tls") -> None:

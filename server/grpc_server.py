@@ -192,7 +192,8 @@ def make_servicers(svc: QueryService):
             import time
 
             yield pb.stenoxdp_pb2.QueryResponse(summary=pb.stenoxdp_pb2.QuerySummary(
-                packets=a.packets, bytes=a.bytes, truncated=a.truncated, seconds=time.monotonic() - a.t0))
+                packets=a.packets, bytes=a.bytes, truncated=a.truncated, seconds=time.monotonic() - a.t0,
+                warnings=a.warnings))
 
         def Status(self, req, ctx):
             from stenoxdp import __version__

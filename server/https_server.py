@@ -199,7 +199,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Transfer-Encoding", "chunked")
-            self.send_header("Trailer", "Steno-Packets, Steno-Truncated")
+            self.send_header("Trailer", "Steno-Packets, Steno-Truncated, Steno-Warnings")
             self.send_header("Connection", "close")
             self.end_headers()
             w = self.wfile
@@ -208,7 +208,8 @@ class Handler(BaseHTTPRequestHandler):
                 w.write(b"%x\r\n" % len(data))
                 w.write(data)
                 w.write(b"\r\n")
-            w.write(b"0\r\nSteno-Packets: %d\r\nSteno-Truncated: %d\r\n\r\n" % (answer.packets, int(answer.truncated)))
+            w.write(b"0\r\nSteno-Packets: %d\r\nSteno-Truncated: %d\r\nSteno-Warnings: %d\r\n\r\n"
+                    % (answer.packets, int(answer.truncated), len(answer.warnings)))
         except (ServerError, QueryError) as e:
             # headers are gone: end without the last chunk so the client sees an error
             log.info("https %s: answer stopped: %s", self.client.peer, e)

@@ -249,3 +249,28 @@ def test_iface_and_micros(srv, server_store, certdir):
     assert got == local_answer(server_store, f"host {B}", iface="import", micros=True)
     assert got[:4] == b"\xd4\xc3\xb2\xa1" and len(read_pcap(got)) == N_UDP
     assert len(b"".join(remote_query(addr, certdir[0], f"host {B}", iface="other0", timeout=20))) == 24
+
+
+def test_engine_warnings_reach_the_client(certdir, tmp_path):
+    """A packet file whose index is gone is scanned; the engine's warning reaches the remote client."""
+    import shutil
+
+    from stenoxdp.indexer.importer import import_file
+    from stenoxdp.store import Store
+
+    from .test_server_common import make_pcap
+
+    make_pcap(tmp_path / "in.pcap")
+    st = Store(tmp_path / "store").init()
+    import_file(st, tmp_path / "in.pcap")
+    want = local_answer(st, f"host {B}")
+    for f in st.files():
+        shutil.rmtree(f.idx)
+    h = start_server(st, certdir[0], tmp_path)
+    try:
+        a = remote_query(f"127.0.0.1:{h.grpc_port}", certdir[0], f"host {B}", timeout=20)
+        assert b"".join(a) == want
+        assert a.warnings and any("index" in w for w in a.warnings)
+    finally:
+        h.stop()
+    assert "warnings=" in (tmp_path / "audit.log").read_text()
