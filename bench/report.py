@@ -105,4 +105,16 @@ def server_table(res: dict) -> list[str]:
         out.append(f"| {r['transport']} | {_num(r.get('mb'), '{:.1f}')} | {_num(r.get('mb_s'), '{:.0f}')} | "
                    f"{_num(r.get('first_byte_ms'), '{:.0f}')} | {_num(r.get('total_ms'), '{:.0f}')} |"
                    + (f" error: {r['error'][:120]}" if r.get("error") else ""))
+    ul = res.get("under_load")
+    if ul and ul.get("skipped"):
+        out += ["", f"Capture under client load: not measured ({ul['skipped']})."]
+    elif ul:
+        out += ["", f"Capture loss of stenoxdp at {fmt_pps(ul['pps'])} ({ul['frame']}-byte frames, {ul['seconds']:.0f} s) "
+                f"while HTTPS clients pull 32 MB answers continuously from the server (same machine and disk):", "",
+                "| clients | offered | captured / sent | loss % | answers pulled | MB pulled | client errors |",
+                "|---|---|---|---|---|---|---|"]
+        for p in ul["phases"]:
+            out.append(f"| {p['clients']} | {fmt_pps(p.get('offered_pps'))} | {p['captured']:,} / {p['sent']:,} | "
+                       f"{_num(p.get('loss_pct'), '{:.2f}')} | {p['client_answers']} | {p['client_bytes'] / 1e6:.0f} | "
+                       f"{p['client_errors']} |" + (f" error: {p['error'][:100]}" if p.get("error") else ""))
     return out

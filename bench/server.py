@@ -5,9 +5,10 @@ client, stenoxdp.server.client.remote_query, in its own process).
 
 The store is imported from a generated pcap of 1500-byte frames, about
 --server-mb MB; the query is time-only and selects everything. The server is
-``stenoctl serve`` in its own process, on 127.0.0.1, pinned to CPU 1; the
-client runs on CPU 0. Not measured here yet: capture loss while 10 clients
-pull answers (needs capture + serve together; see README).
+``stenoctl serve`` in its own process, on 127.0.0.1, not pinned; the
+measuring client runs on CPU 0. Also the capture loss while 10 clients
+pull answers: capture_under_load (stenoxdp at a steady rate with 0 and with
+10 clients pulling 32 MB answers continuously from the server).
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def available() -> str | None:
     return None
 
 
-def run(mb: float, work: Path, log, repeats: int = 3) -> dict:
+def run(mb: float, work: Path, log, repeats: int = 3, load_clients: int = 10, load_pps: int = 100_000,
+        load_seconds: float = 4.0, load_repeats: int = 2) -> dict:
     why = available()
     if why:
         log(f"server: skipped: {why}")
@@ -74,7 +76,7 @@ def run(mb: float, work: Path, log, repeats: int = 3) -> dict:
         if r.returncode != 0:
             return {"skipped": f"certs init failed: {r.stderr[-300:]}"}
         logf = work / "serve.log"
-        srv = subprocess.Popen(["taskset", "-c", "1", exe, "serve", "--dir", str(store), "--certs", str(certs),
+        srv = subprocess.Popen([exe, "serve", "--dir", str(store), "--certs", str(certs),
                                 "--port", "0", "--grpc-port", "0"], stdout=open(logf, "wb"),
                                stderr=subprocess.STDOUT, start_new_session=True)
         https = grpc_port = None
@@ -105,6 +107,9 @@ def run(mb: float, work: Path, log, repeats: int = 3) -> dict:
                 row["error"] = vals[-1].get("error")
             res["runs"].append(row)
             log(f"server: {row}")
+        if load_clients:
+            res["under_load"] = capture_under_load(certs, https, load_clients, load_pps, load_seconds, work, log,
+                                                   repeats=load_repeats)
     finally:
         if srv is not None and srv.poll() is None:
             srv.send_signal(signal.SIGTERM)
@@ -118,12 +123,71 @@ def run(mb: float, work: Path, log, repeats: int = 3) -> dict:
     return res
 
 
-def _https(certs: Path, port: int, q: str) -> dict:
-    cmd = ["taskset", "-c", "0", "curl", "-s", "--http2", "--cacert", str(certs / "ca_cert.pem"),
+def capture_under_load(certs: Path, https: int, clients: int, pps: int, seconds: float, work: Path, log,
+                       repeats: int = 2, size: int = 512) -> dict:
+    """Capture loss of stenoxdp at a steady rate, with 0 and then ``clients``
+    HTTPS clients pulling answers (32 MB each, Steno-Limit-Bytes) from the
+    server continuously, on the same machine and disk. The server answers from
+    the imported store (not the one being captured), so this measures the
+    contention for CPU and disk, not freshness. Capture pinned to CPU 1,
+    generator to CPU 0, server and clients unpinned."""
+    import threading
+
+    from stenoxdp.lab import Lab
+
+    from . import capture as capbench
+
+    cap = tools.Stenoxdp(cpu=capbench.CAP_CPU)
+    why = cap.available()
+    if why:
+        return {"skipped": why}
+    out = {"clients": clients, "pps": pps, "seconds": seconds, "frame": size, "phases": []}
+    q = "after 2000-01-01T00:00:00Z"
+    with Lab(queues=1) as lab:
+        for r in range(repeats):
+            for n in (0, clients):
+                stop = threading.Event()
+                done = {"answers": 0, "bytes": 0, "errors": 0}
+                lock = threading.Lock()
+
+                def pull():
+                    while not stop.is_set():
+                        v = _https(certs, https, q, limit_bytes=32 << 20, pin=None, timeout=60)
+                        with lock:
+                            if v.get("error"):
+                                done["errors"] += 1
+                            else:
+                                done["answers"] += 1
+                                done["bytes"] += int(v["mb"] * 1e6)
+                threads = [threading.Thread(target=pull, daemon=True) for _ in range(n)]
+                for t in threads:
+                    t.start()
+                try:
+                    tr = capbench.run_trial(lab, cap, work, size, "steady", int(pps * seconds), pps)
+                finally:
+                    stop.set()
+                    for t in threads:
+                        t.join(timeout=90)
+                row = {"clients": n, "offered_pps": tr.offered_pps, "sent": tr.sent, "captured": tr.captured,
+                       "lost": tr.lost, "loss_pct": 100.0 * max(0, tr.lost) / tr.sent if tr.sent else None,
+                       "error": tr.error, **{f"client_{k}": v for k, v in done.items()}}
+                out["phases"].append(row)
+                log(f"server: under load: {row}")
+    return out
+
+
+def _https(certs: Path, port: int, q: str, limit_bytes: int = 0, pin: str | None = "0", timeout: float = 600) -> dict:
+    cmd = (["taskset", "-c", pin] if pin is not None else []) + [
+           "curl", "-s", "--http2", "--cacert", str(certs / "ca_cert.pem"),
            "--cert", str(certs / "client_cert.pem"), "--key", str(certs / "client_key.pem"),
            "--data-binary", q, "-o", "/dev/null", "-w", "%{http_code} %{time_starttransfer} %{time_total} %{size_download}",
            f"https://127.0.0.1:{port}/query"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if limit_bytes:
+        cmd[1:1] = ["-H", f"Steno-Limit-Bytes: {limit_bytes}"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"curl ran over {timeout:.0f}s"}
     try:
         code, first, total, size = r.stdout.split()
         if code != "200":
