@@ -200,7 +200,7 @@ def render(res: dict) -> list[str]:
            "CPU = user+system seconds of the tool's process tree (/proc, children included) per million captured packets "
            "at the steady rate; the kernel's half of capture runs on the sender's CPU on veth and is not in it. "
            "Disk = bytes of everything the tool wrote (Stenographer and stenoxdp: packets + index) per packet. "
-           (f"Medians of {_repeats_done(res, 'capture')} repeat(s) (capture) and {_repeats_done(res, 'filter')} (filter); "
+           + (f"Medians of {_repeats_done(res, 'capture')} repeat(s) (capture) and {_repeats_done(res, 'filter')} (filter); "
             "the per-trial log is in the results .md, every trial in the .json." if "capture" in res or "filter" in res
             else ""),
            ""]
