@@ -163,7 +163,7 @@ def sat_count(size: int, plan: Plan) -> int:
 
 
 def measure_cell(lab, cap: tools.Capturer, work: Path, size: int, plan: Plan, log,
-                 filter_expr: str | None = None, keep_ratio: float = 1.0) -> list[Trial]:
+                 filter_expr: str | None = None, keep_ratio: float = 1.0, deadline: float | None = None) -> list[Trial]:
     """One repeat of one (tool, size) cell: saturation, steady, bisection."""
     trials: list[Trial] = []
 
@@ -186,6 +186,9 @@ def measure_cell(lab, cap: tools.Capturer, work: Path, size: int, plan: Plan, lo
     hi = sat.offered_pps
     for _ in range(plan.steps):
         if hi - lo < max(10_000, 0.03 * hi):
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            log(f"  {cap.name} {size} B: bisection cut short by the time budget")
             break
         mid = (lo + hi) / 2 if lo > 0 else hi / 2
         tr = go("bisect", max(1000, int(mid * plan.window)), mid)
@@ -306,7 +309,7 @@ def run(lab_factory, tool_names: list[str], plan: Plan, work: Path, log, deadlin
                 for cap in caps:   # interleaved, so slow drifts in the machine hit every tool alike
                     log(f"capture: repeat {r + 1}/{plan.repeats} {cap.name} {size} B")
                     try:
-                        allt += measure_cell(lab, cap, work, size, plan, log)
+                        allt += measure_cell(lab, cap, work, size, plan, log, deadline=deadline)
                     except Exception:
                         log(traceback.format_exc())
                     finally:
@@ -347,7 +350,8 @@ def run_filter(lab_factory, tool_names: list[str], plan: Plan, work: Path, log,
                 for cap in caps:
                     log(f"filter: repeat {r + 1}/{plan.repeats} {cap.name} {size} B")
                     try:
-                        allt += measure_cell(lab, cap, work, size, plan, log, filter_expr=expr, keep_ratio=0.1)
+                        allt += measure_cell(lab, cap, work, size, plan, log, filter_expr=expr, keep_ratio=0.1,
+                                             deadline=deadline)
                     except Exception:
                         log(traceback.format_exc())
                     finally:
