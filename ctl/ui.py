@@ -1,10 +1,13 @@
 """The one module that imports rich: tables and live views for stenoctl."""
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+# piped output (scripts, logs) gets a fixed wide layout instead of rich's 80-column guess
+console = Console() if sys.stdout.isatty() else Console(width=160)
 err_console = Console(stderr=True)
 
 

@@ -296,3 +296,62 @@ def test_missing_interface_is_a_clear_error(dirs, stenoctl):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "sxdpnosuch0" in r.stderr and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_restart_loop_guard_stops_capture_cleanly(lab, dirs):
+    """A writer that keeps dying is not restarted forever: after more than 5 deaths
+    within a minute the controller stops with exit code 4 and a clear message,
+    and leaves no program attached."""
+    store, status = dirs
+    cap = CaptureProc(lab.iface, store, status)
+    cap.start()
+    try:
+        killed = []
+        deadline = time.time() + 60
+        while cap.proc.poll() is None and time.time() < deadline:
+            # kill the writer once it is up again (restarts == deaths so far)
+            st = cap.status()
+            q = st["ifaces"][0]["queues"][0] if st else {}
+            pids = cap.writer_pids()
+            if q.get("alive") and q.get("restarts", 0) == len(killed) and len(pids) == 1 and pids[0] not in killed:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.05)
+        rc = cap.proc.wait(timeout=30)
+    finally:
+        cap.stop()
+    assert rc == 4, cap.stderr
+    assert len(killed) == 6
+    assert "died 6 times" in cap.stderr and "not restarting" in cap.stderr
+    assert "Traceback" not in cap.stderr
+    assert not xdp_attached(lab.iface)
+
+
+def test_sigterm_finalises_and_status_json_while_running(lab, dirs, stenoctl):
+    store, status = dirs
+    cap = CaptureProc(lab.iface, store, status)
+    cap.start()
+    try:
+        lab.send_frames([tagged(i, 128) for i in range(50)], pps=1000)
+        wait_for(lambda: cap.status()["ifaces"][0]["totals"]["packets"] >= 50)
+        time.sleep(1.1)
+        r = subprocess.run([stenoctl, "status", "--json", "--status-dir", str(status)], capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        import json
+
+        (doc,) = json.loads(r.stdout)
+        ifc = doc["ifaces"][0]
+        assert ifc["name"] == lab.iface and ifc["totals"]["packets"] == 50
+        assert {"pps", "bps"} <= set(ifc["rates"])
+        q = ifc["queues"][0]
+        assert q["alive"] and {"rx_dropped", "rx_ring_full", "rx_fill_ring_empty_descs"} <= set(q["xsk"])
+        assert ifc["store"]["open_files"] == 1 and ifc["store"]["packet_bytes"] >= 24 + 50 * 144
+        r = subprocess.run([stenoctl, "status", "--status-dir", str(status)], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and lab.iface in r.stdout and "rx_dropped" in r.stdout
+    finally:
+        rc = cap.stop(sig=signal.SIGTERM)
+    assert rc == 0
+    assert len(all_packets(store, lab.iface)) == 50
+    assert not list(store.glob("packets/*/*/.*")) and not xdp_attached(lab.iface)
+    assert not list(status.glob("*.json")), "status files left after a clean stop"
