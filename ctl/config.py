@@ -89,9 +89,9 @@ class IfaceConfig:
     retention: Retention = _f(help="Retention of this interface's data ([iface.retention]).", factory=Retention)
     rotate_seconds: float = _f(60.0, "Close a packet file (it becomes indexed and queryable from its index) "
                                "after this many seconds.", kind="duration")
-    rotate_bytes: int = _f(MAX_ROTATE_BYTES, "Close a packet file at this size (at most 4GiB). Retention deletes "
-                           "only completed files, so on a small file system keep it to about 1 % of the file "
-                           "system per queue (`stenoctl config show` warns).", kind="bytes")
+    rotate_bytes: int = _f(MAX_ROTATE_BYTES, "Close a packet file at this size (at most 4GiB). On a small file "
+                           "system the daemon rotates earlier (the open files together take at most 2 % of it) so "
+                           "the free-space floor holds; `stenoctl config show` says when.", kind="bytes")
     frame_size: int = _f(4096, "UMEM chunk size in bytes: 2048 or 4096 (frames longer than the chunk minus "
                          "headroom are truncated).")
     umem_frames: int = _f(4096, "UMEM chunks per queue (a power of two, at least ring_size). Memory locked per "

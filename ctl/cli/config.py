@@ -22,7 +22,7 @@ def load_any(config: Optional[Path], stenographer_config: Optional[Path]):
 
 
 def size_warnings(cfg, mp) -> list[str]:
-    """rotate_bytes too big for the file system a store is on (the floor could be crossed by a file)."""
+    """Where the daemon will rotate earlier than rotate_bytes (a small file system: see retention.adapt_rotate_bytes)."""
     from ..memory import fmt
     from ..retention import effective_rotate_bytes
 
@@ -33,7 +33,7 @@ def size_warnings(cfg, mp) -> list[str]:
             want = effective_rotate_bytes(c.rotate_bytes, s.dir, s.retention.min_free_percent, nq)
             if want < c.rotate_bytes:
                 out.append(f"iface[{i}].rotate_bytes: {fmt(c.rotate_bytes)} files are big for the file system of "
-                           f"{s.dir}; set rotate_bytes = {want} or less so the free-space floor holds")
+                           f"{s.dir}: the daemon rotates at {fmt(want)} there so the free-space floor holds")
     return out
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from stenoxdp.lab import HOST_MAC, PEER_MAC, CaptureProc, mac_bytes, run
+from stenoxdp.retention import adapt_rotate_bytes
 
 pytestmark = pytest.mark.netns
 
@@ -80,12 +81,14 @@ def test_burst_into_small_fs_floor_holds_newest_kept(lab, tmpfs, tmp_path):
     status = tmp_path / "run"
     status.mkdir()
     store = tmpfs / "store"
-    rotate = 2 * MiB
+    # rotate_bytes left at its 4 GiB default: the daemon picks a size that fits this file system
     cfg = write_config(tmp_path / "c.toml", status, [{
         "name": lab.iface, "dir": str(store), "dedicated": True, "queues": 1, "rotate_seconds": 1,
-        "rotate_bytes": rotate, "retention": {"min_free_percent": 25}}])
+        "retention": {"min_free_percent": 25}}])
     sv = os.statvfs(tmpfs)
     total = sv.f_blocks * sv.f_frsize
+    rotate = adapt_rotate_bytes(total, 25, 1)
+    assert rotate < 4 * MiB
     floor = total * 25 // 100
     low = [sv.f_bavail * sv.f_frsize]
     stop = threading.Event()
@@ -110,7 +113,8 @@ def test_burst_into_small_fs_floor_holds_newest_kept(lab, tmpfs, tmp_path):
             stop.set()
             t.join()
     assert cap.returncode == 0, cap.stderr
-    # the floor held, crossed by at most one file's size
+    # the floor held, crossed by at most one file's size; files were no bigger than the adapted size
+    assert all(f.stat().st_size <= rotate + 65536 for f in store.glob(f"packets/{lab.iface}/q*/*.pcap"))
     assert low[0] >= floor - rotate, f"free fell to {low[0]} with floor {floor} ({(floor - low[0]) / MiB:.1f} MiB under)"
     files = sorted(store.glob(f"packets/{lab.iface}/q*/*.pcap"))
     # retention deleted old files (the burst alone was bigger than the file system)
