@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -103,22 +104,41 @@ def _encode_groups(t: int, width: int, ordn: np.ndarray, kb: bytes, starts: np.n
     d[0] = ordn[0]
     d[1:] = ordn[1:] - ordn[:-1]
     d[starts] = ordn[starts]
-    mx = np.maximum.reduceat(d, starts)
-    width_code = np.where(mx < 1 << 8, 1, np.where(mx < 1 << 16, 2, 4))
-    tb = bytes([t])
     counts = ends - starts
+    mx = np.maximum.reduceat(d, starts)
+    d0 = d.copy()
+    d0[starts] = 0
+    mx_rest = np.maximum.reduceat(d0, starts)
+
+    def wsel(m):
+        return np.where(m < 1 << 8, 1, np.where(m < 1 << 16, 2, 4))
+
+    w_all, w_rest = wsel(mx), wsel(mx_rest)
+    sep = 4 + (counts - 1) * w_rest < counts * w_all  # first ordinal as u32 + narrower deltas
+    wcode = np.where(sep, w_rest, w_all)
+    tb = bytes([t])
     gval: list = [None] * len(starts)
-    elem_w = np.repeat(width_code, counts)
+    elem_w = np.repeat(wcode, counts)
+    elem_sep = np.repeat(sep, counts)
+    is_first = np.zeros(len(d), bool)
+    is_first[starts] = True
+    stored = ~(elem_sep & is_first)  # a separated first ordinal is not in the array
+    nstored = counts - sep
+    firsts = ordn[starts].tolist()
     for w in (1, 2, 4):  # one cast per width class, then byte slices per key
-        gsel = np.flatnonzero(width_code == w)
+        gsel = np.flatnonzero(wcode == w)
         if len(gsel) == 0:
             continue
-        data = d[elem_w == w].astype(f"<u{w}").tobytes()
-        bend = np.cumsum(counts[gsel] * w)
-        bstart = bend - counts[gsel] * w
+        data = d[(elem_w == w) & stored].astype(f"<u{w}").tobytes()
+        bend = np.cumsum(nstored[gsel] * w)
+        bstart = bend - nstored[gsel] * w
         pre = bytes([w])
-        for gi, bs, be in zip(gsel.tolist(), bstart.tolist(), bend.tolist()):
-            gval[gi] = pre + data[bs:be]
+        pre_sep = K.F_FIRST | w
+        for gi, bs, be, sp in zip(gsel.tolist(), bstart.tolist(), bend.tolist(), sep[gsel].tolist()):
+            if sp:
+                gval[gi] = bytes([pre_sep]) + struct.pack("<I", firsts[gi]) + data[bs:be]
+            else:
+                gval[gi] = pre + data[bs:be]
     out.extend((tb + kb[i * width : (i + 1) * width], v) for i, v in enumerate(gval))
 
 

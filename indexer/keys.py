@@ -21,8 +21,11 @@ Key  = one type byte + a big-endian value (so a prefix range = a value range):
 
 Positions ("ordinals") are the packet's index in its file (0-based, file order).
 A postings value is the sorted ordinal array, delta-encoded, stored as a
-numpy array of the narrowest unsigned width that holds the largest delta
-(see pack_u / unpack_u); RocksDB compresses the blocks (zstd) on top.
+numpy array of the narrowest unsigned width that holds the largest delta,
+the first ordinal either inline or (F_FIRST) as a u32 ahead of the deltas,
+whichever is shorter (see encode_positions); RocksDB compresses the blocks
+(zstd) on top. Chunk values keep the first offset/timestamp in a fixed
+header so the deltas get their own narrow width.
 
 The chunk table maps ordinal -> (file offset of the pcap record header,
 timestamp ns). It is the universe for time-only and `not` queries, and,
@@ -188,37 +191,66 @@ def unpack_array(b: bytes | memoryview, off: int = 0, count: int | None = None) 
     return arr.astype(np.int64 if signed else np.uint64), off + 1 + n * w
 
 
+F_FIRST = 0x20  # code bit: the first ordinal follows the code as u32 LE; the array holds the deltas after it
+
+
 def encode_positions(pos: np.ndarray) -> bytes:
-    """Sorted unique ordinals -> value bytes (first value, then deltas)."""
-    pos = np.asarray(pos, dtype=np.uint64)
+    """Sorted unique ordinals -> value bytes: code byte (width | F_FIRST?), then
+    either [first, deltas...] at one width, or first as u32 + deltas at their
+    own (narrower) width -- whichever is shorter."""
+    pos = np.asarray(pos, dtype=np.int64)
     if pos.size == 0:
-        return pack_array_u(pos)
-    d = np.empty_like(pos)
-    d[0] = pos[0]
-    np.subtract(pos[1:], pos[:-1], out=d[1:])
-    return pack_array_u(d)
+        return bytes([1])
+    d = np.diff(pos)
+    w_all = _width_u(int(pos[0]) if not d.size else max(int(pos[0]), int(d.max())))
+    w_rest = _width_u(int(d.max())) if d.size else 1
+    if 4 + d.size * w_rest < pos.size * w_all:
+        return bytes([F_FIRST | w_rest]) + struct.pack("<I", int(pos[0])) + d.astype(f"<u{w_rest}").tobytes()
+    full = np.concatenate([pos[:1], d])
+    return bytes([w_all]) + full.astype(f"<u{w_all}").tobytes()
 
 
 def decode_positions(b: bytes) -> np.ndarray:
-    d, _ = unpack_array(b)
-    return np.cumsum(d, dtype=np.uint64).astype(np.int64)
+    code = b[0]
+    w = code & 0x0F
+    if code & F_FIRST:
+        first = struct.unpack_from("<I", b, 1)[0]
+        d = np.frombuffer(b, f"<u{w}", offset=5).astype(np.int64)
+        out = np.empty(len(d) + 1, np.int64)
+        out[0] = first
+        np.cumsum(d, out=out[1:])
+        out[1:] += first
+        return out
+    d = np.frombuffer(b, f"<u{w}", offset=1).astype(np.int64)
+    return np.cumsum(d)
 
 
 def decode_positions_union(values: list[bytes]) -> np.ndarray:
     """Sorted unique union of many postings values, decoded in a few numpy
-    passes (grouped by width; a segmented cumulative sum) instead of one
+    passes (grouped by code; a segmented cumulative sum) instead of one
     decode per key -- range scans (net, portrange) touch thousands of keys."""
     if not values:
         return np.empty(0, np.int64)
-    by_w: dict[int, list[bytes]] = {}
+    by_code: dict[int, list[bytes]] = {}
     for v in values:
-        by_w.setdefault(v[0] & 0x0F, []).append(v)
+        by_code.setdefault(v[0], []).append(v)
     out = []
-    for w, vs in by_w.items():
+    for code, vs in by_code.items():
+        w = code & 0x0F
+        hdr = 5 if code & F_FIRST else 1
         lens = np.fromiter((len(v) for v in vs), np.int64, len(vs))
-        counts = (lens - 1) // w
-        body = b"".join(v[1 : 1 + c * w] for v, c in zip(vs, counts.tolist()))
+        counts = (lens - hdr) // w
+        body = b"".join(v[hdr:] for v in vs)
         d = np.frombuffer(body, dtype=f"<u{w}").astype(np.int64)
+        if hdr == 5:
+            firsts = np.frombuffer(b"".join(v[1:5] for v in vs), "<u4").astype(np.int64)
+            full = np.empty(len(d) + len(vs), np.int64)
+            seg0 = np.cumsum(counts + 1) - (counts + 1)
+            m = np.ones(len(full), bool)
+            m[seg0] = False
+            full[seg0] = firsts
+            full[m] = d
+            d, counts = full, counts + 1
         c = np.cumsum(d)
         ends = np.cumsum(counts)
         starts = ends - counts
@@ -234,24 +266,26 @@ def encode_chunk(offsets: np.ndarray, ts: np.ndarray, end: int) -> bytes:
     next offset minus its own), offsets (first + deltas), timestamps (first +
     signed deltas)."""
     n = len(offsets)
-    o = np.asarray(offsets, dtype=np.uint64)
+    o = np.asarray(offsets, dtype=np.int64)
     t = np.asarray(ts, dtype=np.int64)
-    od = np.empty(n, np.uint64)
-    td = np.empty(n, np.int64)
-    if n:
-        od[0] = o[0]
-        np.subtract(o[1:], o[:-1], out=od[1:])
-        td[0] = t[0]
-        np.subtract(t[1:], t[:-1], out=td[1:])
-    return struct.pack("<IQ", n, end) + pack_array_u(od) + pack_array_s(td)
+    head = struct.pack("<IQQq", n, end, int(o[0]) if n else 0, int(t[0]) if n else 0)
+    return head + pack_array_u(np.diff(o)) + pack_array_s(np.diff(t))
 
 
 def decode_chunk(b: bytes) -> tuple[np.ndarray, np.ndarray, int]:
     """-> (offsets, timestamps, end offset)."""
-    n, end = struct.unpack_from("<IQ", b, 0)
-    od, off = unpack_array(b, 12, n)
-    td, _ = unpack_array(b, off, n)
-    return np.cumsum(od, dtype=np.uint64).astype(np.int64), np.cumsum(td, dtype=np.int64), end
+    n, end, o0, t0 = struct.unpack_from("<IQQq", b, 0)
+    od, off = unpack_array(b, 28, max(n - 1, 0))
+    td, _ = unpack_array(b, off, max(n - 1, 0))
+    o = np.empty(n, np.int64)
+    t = np.empty(n, np.int64)
+    if n:
+        o[0], t[0] = o0, t0
+        np.cumsum(od.astype(np.int64), out=o[1:])
+        o[1:] += o0
+        np.cumsum(td, out=t[1:])
+        t[1:] += t0
+    return o, t, end
 
 
 def encode_chunk_ts(mins: np.ndarray, maxs: np.ndarray) -> bytes:

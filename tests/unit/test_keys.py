@@ -24,7 +24,7 @@ def test_addr_range():
     assert lo[1:] == bytes(16) and hi[1:] == b"\xff" * 16
 
 
-@pytest.mark.parametrize("vals", [[], [0], [5, 6, 7], [0, 300, 70000, 2**32 + 5]])
+@pytest.mark.parametrize("vals", [[], [0], [5, 6, 7], [0, 300, 70000, 2**32 - 5], [70000, 70001, 70005]])
 def test_positions_round_trip(vals):
     a = np.array(vals, np.int64)
     assert np.array_equal(K.decode_positions(K.encode_positions(a)), a)
@@ -33,6 +33,9 @@ def test_positions_round_trip(vals):
 def test_positions_narrowest_width():
     a = np.arange(0, 1000, 3)
     assert len(K.encode_positions(a)) == 1 + len(a)  # deltas fit one byte
+    b = np.arange(100000, 101000, 3)
+    assert len(K.encode_positions(b)) == 1 + 4 + len(b) - 1  # first as u32, deltas one byte
+    assert np.array_equal(K.decode_positions(K.encode_positions(b)), b)
 
 
 def test_chunk_round_trip():
@@ -50,7 +53,8 @@ def test_describe():
 
 def test_union_of_many_values():
     rng = np.random.default_rng(2)
-    arrays = [np.unique(rng.integers(0, n, size=k)) for n, k in ((300, 50), (70000, 400), (10, 3), (2**33, 5))]
+    arrays = [np.unique(rng.integers(0, n, size=k)) for n, k in ((300, 50), (70000, 400), (10, 3), (2**31, 5))]
+    arrays.append(np.arange(500000, 500100))
     arrays.append(np.array([7]))
     vals = [K.encode_positions(a) for a in arrays]
     assert np.array_equal(K.decode_positions_union(vals), np.unique(np.concatenate(arrays)))
