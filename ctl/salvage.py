@@ -213,10 +213,7 @@ def open_paths(roots: list[Path]) -> set[str]:
         pids = [p for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
         return out
-    me = str(os.getpid())
-    for pid in pids:
-        if pid == me:
-            continue
+    for pid in pids:  # this process too: the daemon's own indexer and query threads hold files open
         fd_dir = f"/proc/{pid}/fd"
         try:
             fds = os.listdir(fd_dir)

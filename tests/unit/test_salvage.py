@@ -267,3 +267,15 @@ def test_with_the_real_native_helper(store):
     r = recs_of(final(store)[1])
     assert list(r["offset"]) == offs and set(r["proto"]) == {17} and set(r["dport"]) == {53}
     assert final(store)[0].read_bytes() == bytes(out) and rep.salvaged[0]["packets"] == 50
+
+
+def test_index_build_in_this_process_is_left_alone(store):
+    """salvage_queue runs inside the daemon when a writer is restarted; the daemon's own indexer may be
+    building an index of this queue at that moment."""
+    tmp = store.index_queue_dir(IFACE, 0) / f".{STAMP:019d}.idx.tmp"
+    tmp.mkdir()
+    with open(tmp / "000001.log", "wb"):
+        assert not salvage_store(store, index_pcap=None)
+        assert tmp.exists()
+    salvage_store(store, index_pcap=None)
+    assert not tmp.exists()
