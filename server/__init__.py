@@ -18,7 +18,7 @@ Refusals
 
 Failures (never a silent cut-off)
   bad query       gRPC INVALID_ARGUMENT / HTTP 400, the parser's message
-  busy            no slot within slot_wait (2 s): RESOURCE_EXHAUSTED / 503 + Retry-After
+  busy            no slot within slot_wait (5 s): RESOURCE_EXHAUSTED / 503 + Retry-After
   too large       answer over max_answer_bytes (and the client asked for no smaller limit):
                   data so far, then RESOURCE_EXHAUSTED / the chunked body left unterminated
                   (curl: "(18) transfer closed with outstanding read data remaining")

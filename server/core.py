@@ -43,8 +43,8 @@ def lower_thread_priority() -> None:
 
 @dataclass
 class Limits:
-    max_concurrent: int = 8              # queries at once, all transports; more -> BusyError
-    slot_wait: float = 2.0               # how long a query waits for a free slot before BusyError
+    max_concurrent: int = 16             # queries at once, all transports; more -> BusyError
+    slot_wait: float = 5.0               # how long a query waits for a free slot before BusyError
     max_answer_bytes: int = 4 << 30      # server cap on one answer; 0 = none
     max_seconds: float = 3600.0          # server cap on one query's duration; 0 = none
     send_timeout: float = 60.0           # a client that accepts no data this long is dropped

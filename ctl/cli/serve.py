@@ -113,7 +113,8 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
         port: Optional[int] = typer.Option(None, "--port", "-p", help="HTTPS port (Stenographer's API)."),
         grpc_port: Optional[int] = typer.Option(None, "--grpc-port", help="gRPC port."),
-        max_queries: int = typer.Option(8, "--max-queries", help="Concurrent queries; more get RESOURCE_EXHAUSTED / 503."),
+        max_queries: int = typer.Option(16, "--max-queries", help="Concurrent queries; more wait up to 5 s for a "
+                                        "slot, then get RESOURCE_EXHAUSTED / HTTP 503."),
         max_answer_bytes: int = typer.Option(4 << 30, "--max-answer-bytes", help="Largest answer (bytes); a bigger one "
                                              "ends with an error, never silently."),
         max_seconds: float = typer.Option(3600.0, "--max-seconds", help="Longest query (seconds)."),
