@@ -50,14 +50,17 @@ def marker(pkt: bytes) -> tuple[int, int] | None:
 
 
 def parse_pcap(data: bytes, complete_only: bool = False) -> list[tuple[int, bytes]]:
-    """(ts_ns, frame) per record of a nanosecond pcap; complete_only: stop at a cut-short tail."""
+    """(ts_ns, frame) per record of a ns (or µs) pcap; complete_only: stop at a cut-short tail."""
     if len(data) < 24:
         assert complete_only, "pcap shorter than its global header"
         return []
-    assert struct.unpack_from("<I", data)[0] == 0xA1B23C4D, "not a nanosecond pcap"
+    magic = struct.unpack_from("<I", data)[0]
+    assert magic in (0xA1B23C4D, 0xA1B2C3D4), "not a little-endian pcap"
+    mul = 1 if magic == 0xA1B23C4D else 1000  # tcpdump -w (as stenoread runs it) writes microseconds
     out, off = [], 24
     while off + 16 <= len(data):
         sec, nsec, caplen, _wire = struct.unpack_from("<IIII", data, off)
+        nsec *= mul
         if off + 16 + caplen > len(data):
             assert complete_only, f"record at {off} cut short"
             break
@@ -234,3 +237,147 @@ def test_bad_configs_named_and_nothing_started(lab, dirs):
         left = [p for p in (tmp / "s", tmp / "t") if p.exists() and any(p.rglob("*.pcap"))]
         assert not left, f"{what}: packet files created: {left}"
         assert not [p for p in status.glob("*.json")], f"{what}: a status file was published"
+
+
+# ---- 2. several interfaces in one daemon (issue 5) ------------------------------------------
+def test_three_ifaces_one_daemon_merged_and_per_iface_answers(lab_factory, dirs):
+    tmp, status = dirs
+    labs = [lab_factory(), lab_factory(), lab_factory()]
+    stores = [tmp / "a", tmp / "b", tmp / "c"]
+    rets = [{"min_free_percent": 0, "max_files": 1000}, {"min_free_percent": 1, "max_age_s": "7d"},
+            {"min_free_percent": 2, "max_bytes": "1GiB"}]
+    cfg = write_config(tmp / "three.toml", status, [
+        {"name": lb.iface, "dir": str(st), "dedicated": True, "queues": 1, "rotate_seconds": rs, "retention": rt}
+        for lb, st, rs, rt in zip(labs, stores, (1, 60, 2), rets)])
+    per_round = 20
+    with daemon(cfg, status) as cap:
+        doc = cap.status()
+        assert [i["name"] for i in doc["ifaces"]] == [lb.iface for lb in labs]
+        assert [i["dir"] for i in doc["ifaces"]] == [str(s) for s in stores]
+        # rounds of traffic, iface after iface: the timestamps interleave across the interfaces
+        for rnd in range(5):
+            for tag, lb in enumerate(labs, 1):
+                lb.send_frames([frame(tag, rnd * per_round + i) for i in range(per_round)], pps=4000)
+        want = {(t, n) for t in (1, 2, 3) for n in range(5 * per_round)}
+        got = wait_for(lambda: (a := parse_pcap(query_local("udp and port 9", stores))) and set(markers(a)) >= want
+                       and a, timeout=10)
+        assert got, "not every packet of the three interfaces was answered within 10 s"
+        # the CLI over all stores of the daemon: one merged answer, in time order
+        allq = parse_pcap(query_cli("udp and port 9", stores))
+        assert sorted(markers(allq)) == sorted(want) and len(allq) == len(want), "lost or duplicated packets"
+        ts = [t for t, _ in allq]
+        assert ts == sorted(ts), "merged answer not in time order"
+        tags = [m[0] for m in markers(allq)]
+        switches = sum(1 for x, y in zip(tags, tags[1:]) if x != y)
+        assert switches >= 14, f"answers of the interfaces were not interleaved by time ({switches} switches)"
+        # within each interface, the send order is kept
+        for t in (1, 2, 3):
+            assert [n for tg, n in markers(allq) if tg == t] == list(range(5 * per_round))
+        # one interface only: --iface over all stores, or that interface's store
+        for t, (lb, st) in enumerate(zip(labs, stores), 1):
+            only = parse_pcap(query_cli("udp and port 9", stores, "--iface", lb.iface))
+            assert markers(only) == [(t, n) for n in range(5 * per_round)]
+            assert [p for p in parse_pcap(query_cli("udp", [st]))] == only
+            # the merged answer restricted to this interface is the per-interface answer
+            assert [x for x in allq if marker(x[1])[0] == t] == only
+        # each interface kept its own retention policy
+        doc = cap.status()
+        for i, rt in zip(doc["ifaces"], rets):
+            assert i["retention"], f"{i['name']}: no retention loop"
+    assert cap.returncode == 0, cap.stderr
+    for lb in labs:
+        assert not xdp_attached(lb.iface)
+    # after the clean stop (every file rotated and indexed) the answer is the same
+    assert parse_pcap(query_cli("udp and port 9", stores)) == allq
+
+
+# ---- 3. the daemon serves while it captures (issue 4) ---------------------------------------
+def _https_query(port: int, cdir: Path, q: str, timeout: float = 60) -> bytes:
+    import http.client
+
+    ctx = ssl.create_default_context(cafile=str(cdir / "ca_cert.pem"))
+    ctx.load_cert_chain(str(cdir / "client_cert.pem"), str(cdir / "client_key.pem"))
+    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=timeout)
+    try:
+        c.request("POST", "/query", body=q.encode())
+        r = c.getresponse()
+        body = r.read()
+        assert r.status == 200, (r.status, body[:200])
+        return body
+    finally:
+        c.close()
+
+
+def test_daemon_serves_stenoread_grpc_and_parallel_clients_while_capturing(lab, dirs):
+    from stenoxdp.server.client import remote_query
+
+    tmp, status = dirs
+    store, cdir = tmp / "store", tmp / "certs"
+    r = subprocess.run([STENOCTL, "certs", "init", "--dir", str(cdir), "--host", "127.0.0.1"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    port, gport = free_port(), free_port()
+    cfg = write_config(tmp / "srv.toml", status, [
+        {"name": lab.iface, "dir": str(store), "dedicated": True, "queues": 1, "rotate_seconds": 60}],
+        server={"host": "127.0.0.1", "port": port, "grpc_port": gport, "certs": str(cdir), "max_concurrent": 20})
+    marked = [frame(3, i, dport=7003, size=80 + (i % 700)) for i in range(300)]
+    with daemon(cfg, status) as cap:
+        lab.send_frames(marked, pps=3000)
+        want = wait_for(lambda: (a := query_local("udp and port 7003", [store])) and len(parse_pcap(a)) == 300 and a,
+                        timeout=10)
+        assert want and [p for _, p in parse_pcap(want)] == marked
+        # Debian's unmodified stenoread, configured like a Stenographer client
+        sc = tmp / "steno-client.json"
+        sc.write_text(json.dumps({"Host": "127.0.0.1", "Port": port, "CertPath": str(cdir)}))
+        out = tmp / "stenoread.pcap"
+        r = subprocess.run(["stenoread", "udp and port 7003", "-w", str(out)], capture_output=True, timeout=60,
+                           env=dict(os.environ, STENOGRAPHER_CONFIG=str(sc)))
+        assert r.returncode == 0, r.stderr
+        # (stenoread pipes the answer through tcpdump -w: microsecond timestamps, same frames)
+        assert parse_pcap(out.read_bytes()) == [(t // 1000 * 1000, p) for t, p in parse_pcap(want)]
+        # stenoctl query --server (gRPC, mutual TLS) returns the local answer byte for byte
+        assert query_cli("udp and port 7003", [], "--server", f"127.0.0.1:{gport}", "--certs", str(cdir)) == want
+        # 20 parallel clients (gRPC and HTTPS) for ~15 s while capture runs at 5000 pps
+        n_bg = 75_000
+        tg: dict = {}
+        sender = threading.Thread(target=lambda: tg.setdefault("r", lab.trafgen(200, n_bg, rate_pps=5000)))
+        before = cap.status()["ifaces"][0]
+        sender.start()
+        t_end = time.monotonic() + 15
+
+        def client(i: int) -> tuple[int, list[str]]:
+            ok, bad = 0, []
+            while time.monotonic() < t_end:
+                try:
+                    if i % 2:
+                        ans = b"".join(remote_query(f"127.0.0.1:{gport}", cdir, "udp and port 7003", timeout=60))
+                    else:
+                        ans = _https_query(port, cdir, "udp and port 7003")
+                except Exception as e:  # an error is a wrong answer; say which
+                    bad.append(f"client {i}: {type(e).__name__}: {e}")
+                    continue
+                if ans == want:
+                    ok += 1
+                else:
+                    bad.append(f"client {i}: answer of {len(ans)} bytes differs ({len(parse_pcap(ans, True))} pkts)")
+            return ok, bad
+
+        with ThreadPoolExecutor(20) as ex:
+            results = list(ex.map(client, range(20)))
+        sender.join(timeout=60)
+        assert tg.get("r") is not None and tg["r"].returncode == 0
+        wait_for(lambda: cap.status()["ifaces"][0]["totals"]["packets"] >= before["totals"]["packets"] + n_bg,
+                 timeout=10)
+        after = cap.status()["ifaces"][0]
+    assert cap.returncode == 0, cap.stderr
+    assert not xdp_attached(lab.iface)
+    bad = [b for _, bs in results for b in bs]
+    answered = sum(ok for ok, _ in results)
+    assert not bad, f"{len(bad)} wrong answers, e.g. {bad[:3]}"
+    assert answered >= 20 and all(ok >= 1 for ok, _ in results), [ok for ok, _ in results]
+    # capture lost nothing meanwhile
+    x, q = after["xdp"], after["queues"][0]
+    assert x["redirect_fail"] == 0 and x["seen_pkts"] == x["redirected"]
+    assert q["xsk"]["rx_dropped"] == 0 and q["xsk"]["rx_ring_full"] == 0, q["xsk"]
+    assert after["totals"]["packets"] - before["totals"]["packets"] == n_bg, "capture lost packets under query load"
+    print(f"\n{answered} complete answers from 20 clients in 15 s while capturing {n_bg} packets")
