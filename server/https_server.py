@@ -37,6 +37,7 @@ from .core import BusyError, Client, QueryService, ServerError, lower_thread_pri
 log = logging.getLogger("stenoxdp.server")
 HANDSHAKE_TIMEOUT = 10.0
 MAX_BODY = 1 << 20
+MAX_CONNECTIONS = 256  # open HTTPS connections (one thread each); more are closed at once
 
 
 def tls_context(certs_dir) -> ssl.SSLContext:
@@ -61,7 +62,26 @@ class _Server(ThreadingHTTPServer):
         if ":" in addr[0]:
             self.address_family = socket.AF_INET6
         self.ssl_ctx, self.svc, self.rev, self.info = ctx, svc, rev, info
+        self.conn_slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(addr, Handler)
+
+    def process_request(self, request, client_address):
+        if not self.conn_slots.acquire(blocking=False):
+            self.svc.refused(Client("https", peer=f"{client_address[0]}:{client_address[1]}"),
+                             f"more than {MAX_CONNECTIONS} open connections")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.conn_slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.conn_slots.release()
 
     def get_request(self):
         sock, addr = self.socket.accept()
