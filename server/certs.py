@@ -403,7 +403,9 @@ class Revocations:
             if sig == self._sig and not force:
                 return
             if sig is None:
-                self._serials, self._sig = frozenset(), None
+                if self._serials and self.log:
+                    self.log.warning("%s disappeared; still refusing the %d serials it listed", p, len(self._serials))
+                self._sig = None
                 return
             try:
                 crl = x509.load_pem_x509_crl(p.read_bytes())

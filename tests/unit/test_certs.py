@@ -156,3 +156,14 @@ def test_owner_group(tmp_path):
         certs.issue(tmp_path, "x", group="no-such-group-sxdp")
     with pytest.raises(CertError, match="no such user"):
         certs.init(tmp_path / "b", "127.0.0.1", owner="no-such-user-sxdp")
+
+
+def test_deleted_crl_keeps_revocations(tmp_path):
+    certs.init(tmp_path, "127.0.0.1")
+    c, _ = certs.issue(tmp_path, "eve")
+    serial = certs.load_cert(c).serial_number
+    certs.revoke(tmp_path, "eve")
+    rev = certs.Revocations(tmp_path, interval=0)
+    assert rev.is_revoked(serial)
+    os.unlink(tmp_path / "crl.pem")
+    assert rev.is_revoked(serial)
