@@ -21,6 +21,8 @@ import heapq
 import logging
 import os
 import struct
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -198,6 +200,46 @@ def _time_bounds(node) -> tuple[int | None, int | None]:
     return lo, hi
 
 
+# A complete file's index never changes (reindex replaces the directory), so its
+# time range is cached by (path, inode, mtime): repeated queries -- the server's
+# case -- plan without opening every index. A file created at <stamp> holds no
+# packet older than stamp - STAMP_SLACK_NS (ring backlog at rotation), so files
+# stamped after a query's upper time bound are skipped without any I/O.
+STAMP_SLACK_NS = 60 * 1_000_000_000
+_META_MAX = 200_000
+_meta_cache: "OrderedDict[tuple, tuple[int, int, int]]" = OrderedDict()
+_meta_lock = threading.Lock()
+
+
+def _meta_key(idx) -> tuple | None:
+    try:
+        st = os.stat(idx)
+    except OSError:
+        return None
+    return (str(idx), st.st_ino, st.st_mtime_ns)
+
+
+def _cached_meta(idx):
+    k = _meta_key(idx)
+    if k is None:
+        return None
+    with _meta_lock:
+        v = _meta_cache.get(k)
+        if v is not None:
+            _meta_cache.move_to_end(k)
+        return v
+
+
+def _remember_meta(idx, meta) -> None:
+    k = _meta_key(idx)
+    if k is None:
+        return
+    with _meta_lock:
+        _meta_cache[k] = meta
+        while len(_meta_cache) > _META_MAX:
+            _meta_cache.popitem(last=False)
+
+
 class _Planner:
     def __init__(self, stream: QueryStream, node, lo, hi):
         self.stream = stream
@@ -215,12 +257,16 @@ class _Planner:
         except OSError:
             return None  # deleted by retention meanwhile
         if pf.complete and pf.idx.is_dir():
-            try:
-                rd = IndexReader(pf.idx)
-            except (StoreError, IndexFormatError) as e:
-                self.warn(f"{e}; scanning {pf.pcap} instead")
-                return self._scan_source(seq, pf, size)
-            return _Source(seq, pf, rd.first_ts, rd.last_ts, reader=rd, size=size)
+            meta = _cached_meta(pf.idx)
+            if meta is None:
+                try:
+                    with IndexReader(pf.idx) as rd:
+                        meta = (rd.first_ts, rd.last_ts, rd.count)
+                except (StoreError, IndexFormatError) as e:
+                    self.warn(f"{e}; scanning {pf.pcap} instead")
+                    return self._scan_source(seq, pf, size)
+                _remember_meta(pf.idx, meta)
+            return _Source(seq, pf, meta[0], meta[1], size=size)
         if pf.complete and not pf.rec.exists():
             self.warn(f"{pf.pcap} has no index yet; scanning it")
             return self._scan_source(seq, pf, size)
@@ -371,6 +417,8 @@ def _generate(stream: QueryStream, stores: list, node, limit_packets: int, limit
     pfs.sort(key=lambda f: (f.stamp, f.iface, f.queue))
     pending: list[tuple[int, int, _Source]] = []
     for seq, pf in enumerate(pfs):
+        if hi is not None and pf.stamp > hi + STAMP_SLACK_NS:
+            continue
         s = plan.open_source(seq, pf)
         if s is None:
             continue

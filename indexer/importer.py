@@ -4,7 +4,7 @@ import_file(store, path, iface="import"): every frame of the input (pcap or
 pcapng) is written into nanosecond packet files under
 packets/<iface>/q0/, unchanged: bytes, captured length, original length and
 timestamp (µs inputs become ns exactly). Files rotate like the writer's (by
-bytes and by time span); each file's stamp is its first packet's timestamp
+bytes and by time span); each file's stamp is its oldest packet's timestamp
 (bumped by 1 ns while taken, so several imports into one store never clash).
 Each file is built hidden, indexed (records by the native parser over the
 written bytes, then index.build_index), then renamed complete -- so a query
@@ -54,7 +54,7 @@ def _free_stamp(store: Store, iface: str, queue: int, stamp: int) -> int:
 def _write_file(store: Store, iface: str, queue: int, frames, sel: np.ndarray) -> tuple[int, int]:
     from .pcapio import build_records
 
-    stamp = _free_stamp(store, iface, queue, int(frames.ts_ns[sel[0]]) if len(sel) else 0)
+    stamp = _free_stamp(store, iface, queue, int(frames.ts_ns[sel].min()) if len(sel) else 0)  # no packet older than the stamp
     hp, _ = store.open_paths(iface, queue, stamp)
     pcap, _, idx = store.final_paths(iface, queue, stamp)
     hp.parent.mkdir(parents=True, exist_ok=True)

@@ -370,3 +370,18 @@ def test_file_deleted_during_query(tmp_path):
     total = got + len(_split(engine.pcap_header() + rest))
     assert total == 6000 and s.packets == 6000
     assert any("deleted during the query" in w for w in s.warnings)
+
+
+def test_files_stamped_after_the_window_are_not_opened(tmp_path):
+    st, files = _make_store(tmp_path, [("e", 0, 300, "indexed"), ("e", 0, 300, "indexed")], seed=5)
+    fs = st.files()
+    late = fs[1]
+    new_stamp = late.stamp + 3600 * 10**9
+    pcap, _, idx = st.final_paths("e", 0, new_stamp)
+    late.pcap.rename(pcap)
+    late.idx.rename(idx)
+    for f in idx.iterdir():
+        f.write_bytes(b"junk")  # were it opened, a warning would say so
+    hi = int(files[0][3]["ts_ns"].max()) + 1
+    s = engine.query(st, f"before {qlang._ts_text(hi)}")
+    assert len(_split(s.read_all())) == 300 and not s.warnings  # only the first file was read
