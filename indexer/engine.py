@@ -300,11 +300,22 @@ class _Planner:
             try:
                 ordn = eval_index(self.node, s.reader)
                 off, ts, ln = s.reader.table(ordn)
-            except (StoreError, IndexFormatError) as e:
-                self.warn(f"skipping {s.pf.pcap}: {e}")
-                ordn = off = ts = ln = np.empty(0, np.int64)
+                bad = None
+            except QueryError:
+                raise
+            except Exception as e:  # damaged values inside a readable DB
+                bad = e
             s.reader.close()
             s.reader = None
+            if bad is not None:
+                self.warn(f"index {s.pf.idx} is damaged ({bad}); scanning {s.pf.pcap} instead")
+                alt = self._scan_source(s.seq, s.pf, s.size)
+                if alt is None:
+                    s.ts = s.off = s.ln = np.empty(0, np.int64)
+                    s.pos = 0
+                    return
+                s.recs, s.scan = alt.recs, True
+                return self.select(s)
         else:
             recs = s.recs
             mask = np.asarray(_qlang().eval_records(self.node, recs), bool)

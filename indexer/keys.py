@@ -41,7 +41,7 @@ import struct
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: first values kept apart from the deltas (F_FIRST, chunk header)
 CHUNK = 4096  # packets per chunk of the per-packet table
 
 T_META = 0x00

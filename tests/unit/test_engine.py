@@ -385,3 +385,16 @@ def test_files_stamped_after_the_window_are_not_opened(tmp_path):
     hi = int(files[0][3]["ts_ns"].max()) + 1
     s = engine.query(st, f"before {qlang._ts_text(hi)}")
     assert len(_split(s.read_all())) == 300 and not s.warnings  # only the first file was read
+
+
+def test_damaged_values_fall_back_to_scan(tmp_path):
+    import rocksdict
+
+    st, files = _make_store(tmp_path, [("e", 0, 400, "indexed"), ("e", 0, 300, "indexed")], seed=8)
+    fs = st.files()
+    db = rocksdict.Rdict(str(fs[0].idx), rocksdict.Options(raw_mode=True))
+    db[K.chunk_key(0)] = b"\0" * 40  # a readable DB with a garbage chunk value
+    db.close()
+    s = engine.query(st, "ip or not ip")
+    assert len(_split(s.read_all())) == 700
+    assert any("damaged" in w for w in s.warnings)
