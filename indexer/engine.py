@@ -575,11 +575,16 @@ def coverage(stores) -> list[dict]:
             first = last = None
             count = 0
             if pf.complete and pf.idx.is_dir():
-                try:
-                    with IndexReader(pf.idx) as rd:
-                        first, last, count = rd.first_ts, rd.last_ts, rd.count
-                except (StoreError, IndexFormatError):
-                    pass
+                meta = _cached_meta(pf.idx)
+                if meta is None:
+                    try:
+                        with IndexReader(pf.idx) as rd:
+                            meta = (rd.first_ts, rd.last_ts, rd.count)
+                        _remember_meta(pf.idx, meta)
+                    except (StoreError, IndexFormatError):
+                        meta = None
+                if meta is not None:
+                    first, last, count = meta
             elif pf.rec.exists():
                 try:
                     recs = read_recs(pf.rec, size)
