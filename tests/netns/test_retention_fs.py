@@ -160,33 +160,6 @@ def test_two_ifaces_different_limits_different_horizons(lab_factory, tmpfs, tmp_
             assert idx.name[:19] in stamps, idx
 
 
-def test_kill9_everything_then_restart_salvages(lab, tmpfs, tmp_path):
-    status = tmp_path / "run"
-    status.mkdir()
-    store = tmpfs / "s"
-    cfg = write_config(tmp_path / "c.toml", status, [{
-        "name": lab.iface, "dir": str(store), "dedicated": True, "queues": 1, "rotate_seconds": 30,
-        "flush_interval": 0.1, "retention": {"min_free_percent": 5}}])
-    cap = daemon(cfg, status, lab.iface)
-    cap.start()
-    try:
-        lab.send_frames([frame(n) for n in range(300)], pps=3000)
-        time.sleep(1.0)  # flushed to the open file, not rotated
-        assert list(store.glob(f"packets/{lab.iface}/q0/.*.pcap")), "no open file to salvage"
-    finally:
-        os.killpg(cap.proc.pid, signal.SIGKILL)
-        cap.proc.wait()
-        cap.proc = None
-    run(["ip", "link", "set", "dev", lab.iface, "xdp", "off"], check=False)
-    with daemon(cfg, status, lab.iface) as cap2:
-        time.sleep(0.5)
-    assert cap2.returncode == 0, cap2.stderr
-    q = store / "packets" / lab.iface / "q0"
-    assert not [p for p in q.iterdir() if p.name.startswith(".") and p.name.endswith(".pcap")], list(q.iterdir())
-    assert not list(q.glob(".*.del"))
-    assert pcap_payloads(sorted(q.glob("*.pcap"))) == set(range(300))
-
-
 def _alloc(p: Path) -> int:
     st = p.stat()
     return st.st_blocks * 512
