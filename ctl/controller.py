@@ -339,6 +339,7 @@ class Controller:
         self.index_interval = index_interval
         self.started = time.time()
         self._rates: dict = {}
+        self._index_lock = threading.Lock()
 
     def _signal(self, *_):
         self.stop_flag = True
@@ -427,6 +428,11 @@ class Controller:
                                    grpc_port=s.grpc_port, status_dir=self.status_dir, **lim)
 
     def _index_all(self) -> None:
+        # one indexer at a time: the background thread and the final pass at shutdown
+        with self._index_lock:
+            self._index_all_locked()
+
+    def _index_all_locked(self) -> None:
         try:
             from stenoxdp.indexer.index import index_completed
         except ImportError:

@@ -1,14 +1,16 @@
 """One writer process per (interface, RX queue).
 
-It owns one AF_XDP socket (UMEM, fill and RX rings), drains the RX ring in
-batches, and appends packets to nanosecond pcap files. Per batch, one native
-call (stenoxdp.native, once per up to ``batch`` packets) copies "pcap record
-header from the XDP metadata + packet" for every descriptor into a page-aligned
-staging buffer and emits one 80-byte index record per packet; one numpy
-gather returns the frames to the fill ring. Full 1 MiB blocks of staging are
-written with O_DIRECT (falling back to buffered writes where the file system
-refuses O_DIRECT); every ``flush_interval`` the unaligned tail is written
-through the page cache as well, so readers see packets within a second.
+It owns one AF_XDP socket (UMEM, fill and RX rings) and appends packets to
+nanosecond pcap files. Per batch, ONE native call (native/sxdp_rx.c, with all
+pointers precomputed) takes what the RX ring holds, copies "pcap record header
+from the XDP metadata + packet" for every descriptor into a page-aligned
+staging buffer with one 80-byte index record per packet, hands the frames back
+to the fill ring and publishes both ring indices. No per-packet Python.
+Whole aligned blocks of staging (>= 1 MiB) go to an I/O thread that writes
+them with O_DIRECT (falling back to buffered writes where the file system
+refuses O_DIRECT) while the loop fills the other staging buffer; every
+``flush_interval`` the unaligned tail is written through the page cache too,
+so readers see packets within a second.
 
 Files: hidden ``.<stamp>.pcap`` + ``.<stamp>.rec`` while open; at rotation
 (age or size) the .rec then the .pcap are renamed to their final names.
@@ -66,28 +68,41 @@ def _fsync_dir(path: Path) -> None:
 
 
 class PcapSink:
-    """Staging buffer + the packet file and record file being written."""
+    """Two page-aligned staging buffers + the packet file and record file being
+    written. Whole aligned blocks go to one I/O thread (at most one write in
+    flight, on the buffer not being filled), so copying the next batch and
+    writing the last one overlap; records follow their packets to disk."""
 
     def __init__(self, store: Store, iface: str, queue: int, rotate_seconds: float, rotate_bytes: int,
-                 direct: str = "auto", block: int = 1 << 20, staging_size: int = 8 << 20):
+                 direct: str = "auto", block: int = 1 << 20, staging_size: int = 8 << 20, async_io: bool = True):
         self.store, self.iface, self.queue = store, iface, queue
         self.rotate_ns = int(rotate_seconds * 1e9)
         self.rotate_bytes = min(int(rotate_bytes), (4 << 30) - 1)
         self.direct_mode = direct
         self.block = block
-        self.staging = mmap.mmap(-1, staging_size)
-        self.st = np.frombuffer(self.staging, dtype=np.uint8)
+        self._maps = [mmap.mmap(-1, staging_size), mmap.mmap(-1, staging_size)]
+        self._bufs = [np.frombuffer(m, dtype=np.uint8) for m in self._maps]
+        self.cur = 0
+        self.st = self._bufs[0]
+        self.staging = self._maps[0]
         self.cap = staging_size
         self.recs = np.zeros(staging_size // 76 + 4096, dtype=layout.REC_DTYPE)
         self.nrec = 0
-        self.pos = 0           # bytes pending in staging
-        self.base = 0          # file offset of staging[0]
+        self.pos = 0           # bytes pending in the current buffer
+        self.base = 0          # file offset of the current buffer's first byte
         self.fd_buf = self.fd_direct = self.fd_rec = -1
         self.stamp = 0
         self.opened_mono = 0
         self.dir = store.queue_dir(iface, queue)
         self.files_closed = 0
         self.direct_active = False
+        self._pool = None
+        if async_io:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"io-{iface}-q{queue}")
+        self._pending = None   # (future, job) of the write in flight
+        self._failed = None    # a job whose write failed (e.g. ENOSPC): retried before anything else
 
     @property
     def is_open(self) -> bool:
@@ -96,6 +111,10 @@ class PcapSink:
     @property
     def file_bytes(self) -> int:
         return self.base + self.pos
+
+    @property
+    def st_addr(self) -> int:
+        return self.st.ctypes.data
 
     def space(self) -> int:
         return self.cap - self.pos
@@ -126,61 +145,102 @@ class PcapSink:
         self.pos, self.base, self.nrec = len(hdr), 0, 0
         self.opened_mono = time.monotonic_ns()
 
-    def _pwrite_all(self, fd: int, start: int, end: int, off: int) -> None:
-        mv = memoryview(self.staging)
-        while start < end:
-            n = os.pwrite(fd, mv[start:end], off)
-            start += n
-            off += n
+    @staticmethod
+    def _pwrite_all(fd: int, buf: mmap.mmap, start: int, end: int, off: int) -> None:
+        mv = memoryview(buf)
+        try:
+            while start < end:
+                n = os.pwrite(fd, mv[start:end], off)
+                start += n
+                off += n
+        finally:
+            mv.release()
 
-    def write_blocks(self) -> None:
-        """Write whole aligned blocks of staging (O_DIRECT where available)."""
-        n = self.pos & ~(ALIGN - 1)
-        if n == 0:
-            return
+    def _write_job(self, job) -> None:
+        """(I/O thread) write one aligned run of a staging buffer, then its records."""
+        bufi, n, off, recs = job
         fd = self.fd_direct if self.fd_direct >= 0 else self.fd_buf
         try:
-            self._pwrite_all(fd, 0, n, self.base)
+            self._pwrite_all(fd, self._maps[bufi], 0, n, off)
         except OSError as e:
             if e.errno == errno.EINVAL and fd == self.fd_direct:
                 # the file system refused O_DIRECT after all: buffered from now on
-                os.close(self.fd_direct)
                 self.fd_direct = -1
                 self.direct_active = False
-                self._pwrite_all(self.fd_buf, 0, n, self.base)
+                self._pwrite_all(self.fd_buf, self._maps[bufi], 0, n, off)
             else:
                 raise
-        rest = self.pos - n
-        if rest:
-            self.st[:rest] = self.st[n : self.pos].copy()
-        self.pos = rest
-        self.base += n
-        self._write_recs(self.base)
+        self._append_recs(recs)
 
-    def _write_recs(self, upto: int) -> None:
-        """Append records of packets wholly inside the file's first ``upto`` bytes."""
-        if self.nrec == 0:
-            return
-        r = self.recs[: self.nrec]
-        ends = r["offset"] + 16 + r["caplen"]
-        k = int(np.searchsorted(ends, upto, side="right"))
-        if k:
-            data = memoryview(r[:k]).cast("B")
+    def _append_recs(self, recs: np.ndarray) -> None:
+        if len(recs):
+            data = memoryview(recs).cast("B")
             off = 0
             while off < len(data):
                 off += os.write(self.fd_rec, data[off:])
-            left = self.nrec - k
-            if left:
-                self.recs[:left] = self.recs[k : self.nrec].copy()
-            self.nrec = left
+
+    def _wait(self) -> None:
+        """Finish the write in flight; retry a failed one first. Raises its OSError."""
+        if self._failed is not None:
+            job = self._failed
+            self._write_job(job)
+            self._failed = None
+        if self._pending is not None:
+            fut, job = self._pending
+            self._pending = None
+            try:
+                fut.result()
+            except OSError:
+                self._failed = job
+                raise
+
+    def _take_recs(self, upto: int) -> np.ndarray:
+        """Detach the records of packets wholly inside the file's first ``upto`` bytes."""
+        if self.nrec == 0:
+            return self.recs[:0].copy()
+        r = self.recs[: self.nrec]
+        ends = r["offset"] + 16 + r["caplen"]
+        k = int(np.searchsorted(ends, upto, side="right"))
+        out = r[:k].copy()
+        left = self.nrec - k
+        if k and left:
+            self.recs[:left] = self.recs[k : self.nrec].copy()
+        self.nrec = left
+        return out
+
+    def write_blocks(self) -> None:
+        """Hand the whole aligned blocks of the current buffer to the I/O thread
+        (O_DIRECT where available) and continue in the other buffer."""
+        n = self.pos & ~(ALIGN - 1)
+        if n == 0:
+            return
+        self._wait()  # the other buffer must be free (and a failed write retried)
+        job = (self.cur, n, self.base, self._take_recs(self.base + n))
+        other = 1 - self.cur
+        rest = self.pos - n
+        if rest:
+            self._bufs[other][:rest] = self.st[n : self.pos]
+        if self._pool is not None:
+            self._pending = (self._pool.submit(self._write_job, job), job)
+        else:
+            try:
+                self._write_job(job)
+            except OSError:
+                self._failed = job
+                raise
+        self.cur = other
+        self.st, self.staging = self._bufs[other], self._maps[other]
+        self.pos = rest
+        self.base += n
 
     def flush(self) -> None:
         """Make every packet so far readable: aligned blocks, then the tail
         through the page cache (rewritten by the next direct block write)."""
         self.write_blocks()
+        self._wait()
         if self.pos:
-            self._pwrite_all(self.fd_buf, 0, self.pos, self.base)
-        self._write_recs(self.base + self.pos)
+            self._pwrite_all(self.fd_buf, self.staging, 0, self.pos, self.base)
+        self._append_recs(self._take_recs(self.base + self.pos))
 
     def close(self) -> Path | None:
         if not self.is_open:
@@ -202,6 +262,10 @@ class PcapSink:
 
     def due(self, now_mono: int) -> bool:
         return self.is_open and (self.file_bytes >= self.rotate_bytes or now_mono - self.opened_mono >= self.rotate_ns)
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 class Writer:
@@ -246,7 +310,7 @@ class Writer:
         rate = 0.0
         last_batch = last_flush
         c = self.c
-        rxb = RxBatcher(xsk, sink.st, sink.recs)
+        rxb = RxBatcher(xsk, sink.recs)
         self._publish()
         while True:
             now = time.monotonic_ns()
@@ -297,7 +361,7 @@ class Writer:
                 n = min(n, sink.space() // self.max_rec)
                 if n <= 0:
                     continue
-            res = rxb(n, sink.pos, sink.base + sink.pos, sink.nrec)
+            res = rxb(n, sink.st_addr + sink.pos, sink.space(), sink.base + sink.pos, sink.nrec)
             if res.ndone:
                 good = res.ndone - res.nbad
                 c["packets"] += good
@@ -358,6 +422,7 @@ class Writer:
         os.replace(tmp, self.status_path)
 
     def close(self) -> None:
+        self.sink.shutdown()
         self.xsk.close()
 
 

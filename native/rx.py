@@ -29,9 +29,9 @@ def _ptr(a: np.ndarray) -> int:
 
 
 class RxBatcher:
-    """rx = RxBatcher(xsk, staging_np, recs_np); res = rx(max_n, out_off, file_off, rec_off)"""
+    """rx = RxBatcher(xsk, recs_np); res = rx(max_n, out_addr, out_cap, file_off, rec_off)"""
 
-    def __init__(self, xsk, staging: np.ndarray, recs: np.ndarray):
+    def __init__(self, xsk, recs: np.ndarray):
         if recs.dtype != layout.REC_DTYPE:
             raise TypeError("recs must be layout.REC_DTYPE")
         L = lib()
@@ -44,13 +44,12 @@ class RxBatcher:
         rx, fill = xsk.rx, xsk.fill
         self.rx_ring, self.rx_prod, self.rx_cons, self.rx_mask = _ptr(rx.ring), _ptr(rx.producer), _ptr(rx.consumer), rx.mask
         self.fill_ring, self.fill_prod, self.fill_mask = _ptr(fill.ring), _ptr(fill.producer), fill.mask
-        self.st, self.st_cap = _ptr(staging), staging.nbytes
         self.recs, self.recs_cap = _ptr(recs), len(recs)
         self.rec_size = recs.dtype.itemsize
-        self._keep = (xsk, staging, recs)
+        self._keep = (xsk, recs)
 
-    def __call__(self, max_n: int, out_off: int, file_off: int, rec_off: int) -> RxResult:
+    def __call__(self, max_n: int, out_addr: int, out_cap: int, file_off: int, rec_off: int) -> RxResult:
         self.fn(self.umem, self.umem_len, self.frame_mask, self.rx_ring, self.rx_prod, self.rx_cons, self.rx_mask,
-                self.fill_ring, self.fill_prod, self.fill_mask, max_n, self.st + out_off, self.st_cap - out_off,
+                self.fill_ring, self.fill_prod, self.fill_mask, max_n, out_addr, out_cap,
                 file_off, self.recs + rec_off * self.rec_size, self.recs_cap - rec_off, self.res_ref)
         return self.res
