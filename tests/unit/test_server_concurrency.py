@@ -78,4 +78,4 @@ def test_query_thread_runs_niced(server_store, certdir, tmp_path):
     finally:
         h.stop()
     assert got == local_answer(server_store, f"host {C}")
-    assert seen and seen[0] >= min(19, base + QUERY_NICE)
+    assert seen and seen[0] >= max(QUERY_NICE, base) and seen[0] > 0
