@@ -305,6 +305,21 @@ class QueryService:
             e = QueryError(f"query is {len(text)} characters; the server accepts at most {self.limits.max_query_chars}")
             refuse("invalid", e)
             raise e
+        cap = self.limits.max_answer_bytes
+        if cap and (limit_bytes == 0 or limit_bytes > cap):
+            eff, server_bound = cap, True
+        else:
+            eff, server_bound = limit_bytes, False
+        try:  # parses now (a bad query is told at once, even when the server is busy); runs lazily
+            stream = self.engine.query(self.stores, text, limit_packets=limit_packets, limit_bytes=eff,
+                                       micros=micros, iface=iface or None)
+        except QueryError as e:
+            refuse("invalid", e)
+            raise
+        except BaseException as e:
+            self.counters.add("queries_failed")
+            self._audit(client, text, 0, 0, time.monotonic() - t0, f"internal: {type(e).__name__}: {e}")
+            raise
         wait = self.limits.slot_wait
         got = self._slots.acquire(timeout=wait) if wait > 0 else self._slots.acquire(blocking=False)
         if not got:
@@ -312,23 +327,6 @@ class QueryService:
                           f"(the server's limit); retry later")
             refuse("busy", e)
             raise e
-        try:
-            cap = self.limits.max_answer_bytes
-            if cap and (limit_bytes == 0 or limit_bytes > cap):
-                eff, server_bound = cap, True
-            else:
-                eff, server_bound = limit_bytes, False
-            stream = self.engine.query(self.stores, text, limit_packets=limit_packets, limit_bytes=eff,
-                                       micros=micros, iface=iface or None)
-        except QueryError as e:
-            self._slots.release()
-            refuse("invalid", e)
-            raise
-        except BaseException as e:
-            self._slots.release()
-            self.counters.add("queries_failed")
-            self._audit(client, text, 0, 0, time.monotonic() - t0, f"internal: {type(e).__name__}: {e}")
-            raise
         a = Answer(self, stream, text, client, server_bound, limit_packets)
         with self._lock:
             self._active.add(a)
