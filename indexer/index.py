@@ -216,8 +216,10 @@ def build_index(recs: np.ndarray, idx_path: os.PathLike | str, file_size: int | 
         shutil.rmtree(tmp)
     tmp.mkdir()
     sst = tmp / "ingest.sst"  # inside the temp dir: salvage removes it with the dir after a crash
-    entries = postings(recs) + table_entries(recs, file_size)
-    entries.sort(key=lambda kv: kv[0])
+    tab = table_entries(recs, file_size)
+    # already in key order: meta (0x00), postings by type (0x01..0x0a, each sorted), chunks (0x10)
+    meta = sorted(e for e in tab if e[0][0] == K.T_META)
+    entries = meta + postings(recs) + [e for e in tab if e[0][0] == K.T_CHUNK]
     o = _options(True)
     w = r.SstFileWriter(o)
     w.open(str(sst))

@@ -35,6 +35,7 @@ class Frames:
     ts_ns: np.ndarray  # int64
     fmt: str  # "pcap-ns", "pcap-us", "pcapng"
     snaplen: int = 262144
+    le_pcap: bool = False  # classic little-endian pcap: each frame's 16-byte record header precedes it in buf
 
     def __len__(self) -> int:
         return len(self.caplen)
@@ -74,7 +75,7 @@ def _read_pcap(path, buf: bytes, bo: str, nsec: bool) -> Frames:
     if arr is None:
         arr = _walk_pcap_py(buf, bo, nsec)
     off, cap, wire, ts = arr
-    return Frames(buf, off, cap, wire, ts, "pcap-ns" if nsec else "pcap-us", snaplen or 262144)
+    return Frames(buf, off, cap, wire, ts, "pcap-ns" if nsec else "pcap-us", snaplen or 262144, le_pcap=bo == "<")
 
 
 def _walk_native(buf: bytes, nsec: bool):
@@ -194,6 +195,19 @@ def build_records(frames: Frames, sel: np.ndarray | None = None) -> bytes:
     n = len(idx)
     if n == 0:
         return b""
+    if frames.le_pcap and np.all(np.diff(idx) == 1):
+        # a run of little-endian pcap records is already the output, but for the
+        # timestamp fraction of a µs file: one slice, patched in numpy
+        doff = frames.data_off[idx]
+        if n == 1 or np.all(doff[1:] == doff[:-1] + cap[:-1] + 16):
+            lo, hi = int(doff[0]) - 16, int(doff[-1] + cap[-1])
+            if frames.fmt == "pcap-ns":
+                return frames.buf[lo:hi]
+            out = np.frombuffer(bytearray(frames.buf[lo:hi]), np.uint8)
+            frac = (frames.ts_ns[idx] % 1_000_000_000).astype("<u4").view(np.uint8).reshape(n, 4)
+            pos = (doff - 16 - lo + 4)[:, None] + np.arange(4)[None, :]
+            out[pos.ravel()] = frac.ravel()
+            return out.tobytes()
     rec_len = cap + 16
     out_off = np.concatenate([[0], np.cumsum(rec_len)[:-1]])
     total = int(rec_len.sum())
