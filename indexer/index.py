@@ -7,10 +7,22 @@ step per DISTINCT key, never per packet) -> one sorted SST file written with
 SstFileWriter -> ingested into a fresh DB in a hidden temp dir -> renamed to
 <stamp>.idx. Readers open read-only and check the format version.
 
-Layout choice (measured, see tests/unit/test_index.py::test_index_share and
-the numbers in the module's report): a single SST ingested into a fresh DB is
-written once, sequentially, with sorted keys, zstd blocks; a DB filled by put()
-would go through WAL + memtable + flush for the same bytes.
+Layout choice (measured on one 33K-packet file with 57K distinct keys): one
+SST written with SstFileWriter (0.05 s) and ingested into a fresh DB (0.08 s)
+= 417 KB; the same entries put() into a DB and flushed = 0.33 s and 549 KB
+(the WAL stays). The info LOG and OPTIONS dump (~30 KB) are deleted after the
+build: readers pass their options.
+
+Measured index size (zstd blocks, 32 KiB):
+  * 1M IMIX packets (64/576/1500 at 7:4:1, 354 B avg, 5000 zipf flows, 80 kpps):
+    8.3 B/packet = 2.24 % of packet bytes; built in 1.06 s (about 1 us/packet).
+    Stenographer's layout (u32 offsets under proto, 2 ports, 2 addresses, no
+    compression) would be >= 20 B/packet = 5.6 % there.
+  * tests/corpus/varied.pcap (real lab traffic, 508 B avg): 0.95 %.
+  * 100-byte frames with random addresses and ports (worst case: a new key per
+    packet): 12.5-14 B/packet.
+About half of it is the chunk table (per-packet offset + exact ns timestamp),
+which makes `not`, time-only and exact before/after answerable from the index.
 """
 from __future__ import annotations
 
