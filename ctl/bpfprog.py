@@ -263,6 +263,12 @@ class LoadedProgram:
         return code, output bytes = metadata + frame, see the module doc)."""
         return test_run_fd(self.fd, frame, repeat=repeat)
 
+    def handover(self) -> None:
+        """Forget the interfaces this program was attached to, without detaching:
+        another program has replaced it there (an atomic XDP replace), and
+        close() must not take that one off."""
+        self._attached.clear()
+
     def close(self) -> None:
         for ifname in list(self._attached):
             with contextlib.suppress(StenoError):

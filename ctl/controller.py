@@ -33,6 +33,7 @@ RESTART_WINDOW_S = 60.0
 RESTART_LIMIT = 5          # writer deaths within the window before capture gives up
 WRITER_READY_TIMEOUT_S = 20.0
 XDP_PACKET_HEADROOM = 256
+PIN_ROOT = "/sys/fs/bpf/stenoxdp"
 
 
 # ---- interface checks (pure over the facts gathered) ----------------------
@@ -124,6 +125,7 @@ class IfaceCapture:
         self.failed: str | None = None
         self.filter_text = getattr(cfg, "filter", None) or None
         self.retention_loops: list = []
+        self.filter_history: list[dict] = []  # counters of earlier filters (each program counts its own)
 
     def plan_queues(self) -> list[int]:
         n = self.facts.rx_queues if self.facts else 1
@@ -157,8 +159,11 @@ class IfaceCapture:
             flt = cbpf.Filter.from_args(getattr(cfg, "filter", None), getattr(cfg, "filter_hex", None))
             filter_c = flt.c_source()
             self.filter_text = flt.source
-        max_caplen = cfg.frame_size - XDP_PACKET_HEADROOM - layout.META_LEN
-        self.prog = bpfprog.load(max_caplen=max_caplen, filter_c=filter_c)
+        self.max_caplen = cfg.frame_size - XDP_PACKET_HEADROOM - layout.META_LEN
+        # the XSKMAP and clock map are pinned so that a new program (a filter change)
+        # can replace this one atomically and keep the writers' sockets
+        self.pin_dir = f"{PIN_ROOT}/{os.getpid()}-{self.name}"
+        self.prog = bpfprog.load(max_caplen=self.max_caplen, filter_c=filter_c, pin_dir=self.pin_dir)
         self.prog.sync_clock()
         queues = self.plan_queues()
         self.n_queues = len(queues)
@@ -297,9 +302,39 @@ class IfaceCapture:
         if self.prog is not None:
             self.prog.close()
             self.prog = None
+        if getattr(self, "pin_dir", None):
+            from . import bpfprog
+
+            bpfprog.remove_pins(self.pin_dir)
         for loop in self.retention_loops:
             loop.stop()
         self.retention_loops = []
+
+    # -- live filter change -----------------------------------------------------
+    def set_filter(self, expr: str | None, hexform: str | None) -> str:
+        """Replace the running program by one with another filter: the new one is
+        compiled and verified first (errors leave capture untouched), then attached
+        over the old one in one atomic replace; both share the pinned XSKMAP, so
+        the writers keep their sockets and no frame is lost or seen twice."""
+        from . import bpfprog, cbpf
+
+        flt = cbpf.Filter.from_args(expr, hexform)
+        new = bpfprog.load(max_caplen=self.max_caplen, filter_c=flt.c_source() if flt else None,
+                           pin_dir=self.pin_dir)
+        try:
+            new.sync_clock()
+            new.attach(self.name)
+        except BaseException:
+            new.close()
+            raise
+        old = self.prog
+        self.filter_history.append({"filter": self.filter_text, "until": time.time(), "xdp": old.counters()})
+        del self.filter_history[:-10]
+        old.handover()
+        old.close()
+        self.prog = new
+        self.filter_text = flt.source if flt else None
+        return self.filter_text or "(none: every frame)"
 
     # -- status ---------------------------------------------------------------
     def writer_status(self) -> list[dict]:
@@ -318,6 +353,30 @@ class IfaceCapture:
 
 class _WriterBootError(StenoError):
     pass
+
+
+def _remove_stale_pins() -> None:
+    """Pinned maps of a controller that was killed (<pid>-<iface> with a dead pid)."""
+    try:
+        entries = os.listdir(PIN_ROOT)
+    except OSError:
+        return
+    from . import bpfprog
+
+    for name in entries:
+        pid = name.split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            bpfprog.remove_pins(os.path.join(PIN_ROOT, name))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 def _pump(stream, tag: str) -> None:
@@ -346,6 +405,7 @@ class Controller:
 
     def start(self) -> None:
         self.status_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_pins()
         names = [c.name for c in self.caps]
         if len(set(names)) != len(names):
             raise StenoError("an interface is listed twice")
@@ -385,6 +445,7 @@ class Controller:
                 if now - last_index >= self.index_interval:
                     indexer.kick()
                     last_index = now
+                self._filter_requests()
                 if now - last_status >= 1.0:
                     self._write_status()
                     last_status = now
@@ -404,16 +465,42 @@ class Controller:
             self._remove_status_files()
 
     def _remove_status_files(self) -> None:
-        try:
-            self.status_file.unlink()
-        except OSError:
-            pass
+        for p in [self.status_file] + list(self.status_dir.glob(f"{os.getpid()}-*.filter-re*")):
+            try:
+                p.unlink()
+            except OSError:
+                pass
         for c in self.caps:
             for q in c.writers:
                 try:
                     (self.status_dir / f"{os.getpid()}-{c.name}-q{q}.json").unlink()
                 except OSError:
                     pass
+
+    def _filter_requests(self) -> None:
+        """`stenoctl filter set` leaves <status_dir>/<pid>-<iface>.filter-request;
+        the answer goes to ....filter-result (both JSON)."""
+        for c in self.caps:
+            req = self.status_dir / f"{os.getpid()}-{c.name}.filter-request"
+            if not req.exists():
+                continue
+            try:
+                doc = json.loads(req.read_text())
+                req.unlink()
+            except (OSError, ValueError):
+                continue
+            try:
+                active = c.set_filter(doc.get("filter"), doc.get("filter_hex"))
+                res = {"ok": True, "id": doc.get("id"), "message": f"{c.name}: filter now {active}"}
+                log.info("%s", res["message"])
+            except StenoError as e:
+                res = {"ok": False, "id": doc.get("id"), "message": str(e)}
+            except Exception as e:  # a failed load must never take capture down
+                res = {"ok": False, "id": doc.get("id"), "message": f"{type(e).__name__}: {e}"}
+            out = self.status_dir / f"{os.getpid()}-{c.name}.filter-result"
+            tmp = out.with_name("." + out.name + ".tmp")
+            tmp.write_text(json.dumps(res))
+            os.replace(tmp, out)
 
     def _start_server(self) -> None:
         from stenoxdp.server import daemon
@@ -460,7 +547,7 @@ class Controller:
             self._rates[c.name] = (now, totals["packets"], totals["bytes"])
             ifaces.append({
                 "name": c.name, "dir": str(c.store.root), "index_dir": str(c.store.index_root),
-                "filter": c.filter_text, "xdp": counters, "queues": writers, "totals": totals, "rates": rates,
+                "filter": c.filter_text, "filter_history": c.filter_history, "xdp": counters, "queues": writers, "totals": totals, "rates": rates,
                 "store": _merge_usage([store_usage(st) for st, _ in c.stores]),
                 "retention": [loop.status() for loop in c.retention_loops],
                 "failed": c.failed,

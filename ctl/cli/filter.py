@@ -8,6 +8,7 @@ capture, byte for byte (records copied verbatim, same pcap/pcapng flavour).
 """
 from __future__ import annotations
 
+import os
 import struct
 import sys
 from pathlib import Path
@@ -187,6 +188,54 @@ def register(app: typer.Typer) -> None:
     app.add_typer(fapp, name="filter")
     bapp = typer.Typer(help="The XDP capture program.", no_args_is_help=True)
     app.add_typer(bapp, name="bpf")
+
+    @fapp.command("set", help="Change the filter of a running capture, without losing or duplicating a frame "
+                  "and without restarting the writers.\n\n"
+                  "Examples: stenoctl filter set --iface ens5f1 'not port 443'\n\n"
+                  "          stenoctl filter set --iface ens5f1 --none")
+    def set_(
+        expr: Optional[str] = typer.Argument(None, help="pcap-filter expression."),
+        iface: str = typer.Option(..., "--iface", "-i", help="Interface of the running capture."),
+        filter_hex: Optional[str] = typer.Option(None, "--filter-hex", help="Stenographer-style hex filter."),
+        none: bool = typer.Option(False, "--none", help="Remove the filter (capture every frame)."),
+        status_dir: Path = typer.Option(Path(os.environ.get("STENOXDP_STATUS_DIR", "/run/stenoxdp")), "--status-dir"),
+        timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for the capture to answer."),
+    ) -> None:
+        import json
+        import secrets
+        import time
+
+        from .capture import read_status
+
+        if sum(bool(x) for x in (expr, filter_hex, none)) != 1:
+            raise UsageError("give exactly one of EXPR, --filter-hex HEX or --none")
+        _filter_from(expr, filter_hex) if not none else None  # a bad filter fails here, before the daemon sees it
+        owner = [d for d in read_status(status_dir) if any(i.get("name") == iface for i in d.get("ifaces", []))]
+        if not owner:
+            raise StenoError(f"no running capture on {iface} (status directory {status_dir})")
+        pid = owner[0]["pid"]
+        req = status_dir / f"{pid}-{iface}.filter-request"
+        res = status_dir / f"{pid}-{iface}.filter-result"
+        rid = secrets.token_hex(8)
+        res.unlink(missing_ok=True)
+        tmp = req.with_name("." + req.name + ".tmp")
+        tmp.write_text(json.dumps({"id": rid, "filter": expr, "filter_hex": filter_hex}))
+        os.replace(tmp, req)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                doc = json.loads(res.read_text())
+            except (OSError, ValueError):
+                time.sleep(0.1)
+                continue
+            if doc.get("id") == rid:
+                if not doc.get("ok"):
+                    raise StenoError(f"filter not changed: {doc.get('message')}")
+                print(doc.get("message"))
+                return
+            time.sleep(0.1)
+        raise StenoError(f"the capture on {iface} did not answer within {timeout:.0f}s; the filter is unchanged "
+                         f"unless it answers later (see stenoctl status)")
 
     @fapp.command("compile", help="Compile a pcap-filter expression (or check a hex filter) and print the classic "
                   "BPF like `tcpdump -d`, then the hex form `stenotype --filter` and `--filter-hex` take.\n\n"

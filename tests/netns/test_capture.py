@@ -355,3 +355,48 @@ def test_sigterm_finalises_and_status_json_while_running(lab, dirs, stenoctl):
     assert len(all_packets(store, lab.iface)) == 50
     assert not list(store.glob("packets/*/*/.*")) and not xdp_attached(lab.iface)
     assert not list(status.glob("*.json")), "status files left after a clean stop"
+
+
+def test_filter_change_on_a_running_capture_loses_and_duplicates_nothing(lab, dirs, stenoctl):
+    """`stenoctl filter set` swaps the program under traffic: frames alternate
+    between UDP ports 1000 and 2000 with increasing ids; before the swap exactly
+    the port-1000 frames are captured, after it exactly the port-2000 ones."""
+    import threading
+
+    store, status = dirs
+    frames = [pad(eth(ipv4(udp(1000 if i % 2 == 0 else 2000, 9, struct.pack(">I", i)), 17), 0x0800), 80)
+              for i in range(6000)]
+    with CaptureProc(lab.iface, store, status, extra=["--filter", "udp port 1000"]) as cap:
+        sender = threading.Thread(target=lab.send_frames, args=(frames,), kwargs={"pps": 3000})
+        sender.start()
+        time.sleep(0.7)
+        r = subprocess.run([stenoctl, "filter", "set", "--iface", lab.iface, "--status-dir", str(status),
+                            "udp port 2000"], capture_output=True, text=True, timeout=60)
+        sender.join(timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "udp port 2000" in r.stdout
+        st = wait_for(lambda: (s := cap.status()) and s["ifaces"][0]["filter_history"] and
+                      s["ifaces"][0]["totals"]["packets"] > 0 and s)
+        time.sleep(1.0)
+        st = cap.status()
+        assert all(q["alive"] and q.get("restarts", 0) == 0 for q in st["ifaces"][0]["queues"])
+        # a bad filter is refused and the running one stays
+        r = subprocess.run([stenoctl, "filter", "set", "--iface", lab.iface, "--status-dir", str(status),
+                            "port nosuch"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert cap.returncode == 0, cap.stderr
+    ids = [struct.unpack_from(">I", p[3], 42)[0] for p in all_packets(store, lab.iface)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids), "a frame was captured twice or out of order"
+    before = [i for i in ids if i % 2 == 0]
+    after = [i for i in ids if i % 2 == 1]
+    assert before and after, "the swap did not happen under traffic"
+    cut = after[0]
+    # nothing lost: every port-1000 frame before the cut, every port-2000 frame from it on
+    assert before == list(range(0, cut, 2)) or before == list(range(0, cut + 1, 2))
+    assert after == list(range(cut, 6000, 2))
+    # each program counted its own: filtered + redirected add up to every frame
+    hist = st["ifaces"][0]["filter_history"]
+    assert hist[0]["filter"] == "udp port 1000"
+    x0, x1 = hist[0]["xdp"], st["ifaces"][0]["xdp"]
+    assert x0["redirected"] + x1["redirected"] == len(ids)
+    assert x0["seen_pkts"] + x1["seen_pkts"] == 6000
