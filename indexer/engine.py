@@ -31,7 +31,7 @@ import numpy as np
 from .. import layout
 from ..errors import IndexFormatError, QueryError, StoreError
 from . import keys as K
-from .index import IndexReader, read_recs, recs_from_pcap
+from .index import IndexReader, recs_from_pcap
 
 log = logging.getLogger("stenoxdp.query")
 
@@ -240,6 +240,27 @@ def _remember_meta(idx, meta) -> None:
             _meta_cache.popitem(last=False)
 
 
+REC_SLICE = 1 << 20  # records evaluated per numpy pass on .rec files
+
+
+def map_recs(path) -> np.ndarray:
+    """The whole records of a .rec file as a read-only memory map (no copy)."""
+    n = os.path.getsize(path) // layout.REC_DTYPE.itemsize
+    if n == 0:
+        return np.zeros(0, layout.REC_DTYPE)
+    return np.memmap(path, dtype=layout.REC_DTYPE, mode="r", shape=(n,))
+
+
+def _ts_range(recs) -> tuple[int, int]:
+    lo = hi = None
+    for a in range(0, len(recs), REC_SLICE):
+        t = recs["ts_ns"][a : a + REC_SLICE]
+        tl, th = int(t.min()), int(t.max())
+        lo = tl if lo is None else min(lo, tl)
+        hi = th if hi is None else max(hi, th)
+    return lo, hi
+
+
 class _Planner:
     def __init__(self, stream: QueryStream, node, lo, hi):
         self.stream = stream
@@ -271,7 +292,7 @@ class _Planner:
             self.warn(f"{pf.pcap} has no index yet; scanning it")
             return self._scan_source(seq, pf, size)
         try:
-            recs = read_recs(pf.rec, size)
+            recs = map_recs(pf.rec)
         except FileNotFoundError:
             # the indexer may just have finished (rec deleted, idx renamed): try again
             if pf.idx.is_dir():
@@ -279,8 +300,8 @@ class _Planner:
             return None
         if len(recs) == 0:
             return None
-        ts = recs["ts_ns"]
-        return _Source(seq, pf, int(ts.min()), int(ts.max()), recs=recs, size=size)
+        lo, hi = _ts_range(recs)
+        return _Source(seq, pf, lo, hi, recs=recs, size=size)
 
     def _scan_source(self, seq, pf, size) -> _Source | None:
         try:
@@ -317,13 +338,19 @@ class _Planner:
                 s.recs, s.scan = alt.recs, True
                 return self.select(s)
         else:
+            # records of the open file (a memory map: it may be large) or of a scan,
+            # evaluated in slices so memory follows the answer, not the file
             recs = s.recs
-            mask = np.asarray(_qlang().eval_records(self.node, recs), bool)
-            ordn = np.flatnonzero(mask)
-            r = recs[mask]
-            off = r["offset"].astype(np.int64)
-            ts = r["ts_ns"].astype(np.int64)
-            ln = r["caplen"].astype(np.int64) + 16
+            parts = []
+            for a in range(0, len(recs), REC_SLICE):
+                r = recs[a : a + REC_SLICE]
+                mask = np.asarray(_qlang().eval_records(self.node, r), bool)
+                mask &= r["offset"].astype(np.int64) + 16 + r["caplen"].astype(np.int64) <= s.size
+                i = np.flatnonzero(mask)
+                rs = r[i]
+                parts.append((i + a, rs["offset"].astype(np.int64), rs["ts_ns"].astype(np.int64),
+                              rs["caplen"].astype(np.int64) + 16))
+            ordn, off, ts, ln = (np.concatenate([p[k] for p in parts]) for k in range(4))
             s.recs = None
         if len(ordn) and (self.lo is not None or self.hi is not None):
             m = np.ones(len(ts), bool)
@@ -587,12 +614,12 @@ def coverage(stores) -> list[dict]:
                     first, last, count = meta
             elif pf.rec.exists():
                 try:
-                    recs = read_recs(pf.rec, size)
+                    recs = map_recs(pf.rec)
                 except OSError:
                     recs = np.zeros(0, layout.REC_DTYPE)
                 count = len(recs)
                 if count:
-                    first, last = int(recs["ts_ns"].min()), int(recs["ts_ns"].max())
+                    first, last = _ts_range(recs)
             d["files"] += 1
             d["bytes"] += size
             d["packets"] += count

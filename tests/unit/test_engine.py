@@ -398,3 +398,10 @@ def test_damaged_values_fall_back_to_scan(tmp_path):
     s = engine.query(st, "ip or not ip")
     assert len(_split(s.read_all())) == 700
     assert any("damaged" in w for w in s.warnings)
+
+
+def test_rec_files_evaluated_in_slices(store, monkeypatch):
+    st, files = store
+    monkeypatch.setattr(engine, "REC_SLICE", 97)  # the open and .rec-only files span many slices
+    for text in ("tcp", "not host 198.18.0.3", "ip or not ip"):
+        assert _split(_run(st, text)[1]) == _expected(files, qlang.parse(text))
