@@ -304,6 +304,18 @@ def _complete_ids(path: Path) -> set[int]:
     return seen
 
 
+def query_ids(store: Path, tmp: Path) -> set[int]:
+    """The ids a real `stenoctl query` returns from the store (index path, and a scan of unindexed files)."""
+    import subprocess
+    import sys
+
+    out = tmp / "q.pcap"
+    r = subprocess.run([str(Path(sys.executable).parent / "stenoctl"), "query", "udp and port 9", "--dir", str(store),
+                        "-w", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return pcap_payloads([out])
+
+
 @pytest.mark.slow
 def test_kill9_at_random_moments_20_rounds(lab, tmpfs, tmp_path):
     """kill -9 of the whole daemon (controller, writers, indexer, retention) at random moments during
@@ -330,6 +342,9 @@ def test_kill9_at_random_moments_20_rounds(lab, tmpfs, tmp_path):
             have = pcap_payloads(sorted(q.glob("*.pcap"))) if q.is_dir() else set()
             assert must_keep <= have, f"round {rnd}: lost {sorted(must_keep - have)[:10]}"
             _check_store(store, lab.iface, allow_open_after=t_start)
+            if rnd % 5 == 4:  # and a query returns them
+                got = query_ids(store, tmp_path)
+                assert must_keep <= got, f"round {rnd}: query misses {sorted(must_keep - got)[:10]}"
             n = rng.randint(100, 800)
             ids = list(range(sent_total, sent_total + n))
             sent_total += n
@@ -352,3 +367,5 @@ def test_kill9_at_random_moments_20_rounds(lab, tmpfs, tmp_path):
         assert must_keep <= have
     assert cap.returncode == 0, cap.stderr
     _check_store(store, lab.iface)
+    # indexes agree with packet files: a query returns exactly what the files hold
+    assert query_ids(store, tmp_path) == pcap_payloads(sorted(q.glob("*.pcap")))
