@@ -99,10 +99,32 @@ def test_burst_into_small_fs_floor_holds_newest_kept(lab, tmpfs, tmp_path):
             low[0] = min(low[0], s.f_bavail * s.f_frsize)
             time.sleep(0.002)
 
+    answers: list[tuple[int, int, str]] = []
+
+    def ask():  # queries keep answering while files are deleted under them
+        import subprocess
+        import sys
+
+        k = 0
+        while not stop.is_set() and k < 20:
+            out = tmp_path / f"q{k}.pcap"
+            r = subprocess.run([str(Path(sys.executable).parent / "stenoctl"), "query", "udp and port 1024", "--dir",
+                                str(store), "-w", str(out)], capture_output=True, text=True, timeout=120)
+            data = out.read_bytes() if out.exists() else b""
+            off, whole = 24, len(data) >= 24
+            while whole and off + 16 <= len(data):
+                off += 16 + struct.unpack_from("<I", data, off + 8)[0]
+            answers.append((r.returncode, (off - 24) if whole and off == len(data) else -1, r.stderr[-300:]))
+            out.unlink(missing_ok=True)
+            k += 1
+
     t = threading.Thread(target=sample, daemon=True)
+    asker = threading.Thread(target=ask, daemon=True)
     with daemon(cfg, status, lab.iface) as cap:
         t.start()
         try:
+            time.sleep(0.5)
+            asker.start()
             # ~280 MB of 1400-byte frames through a 160 MB file system: retention must make room
             r = lab.trafgen(1400, 200_000, rate_pps=60_000)
             assert r.returncode == 0, r.stderr
@@ -112,7 +134,11 @@ def test_burst_into_small_fs_floor_holds_newest_kept(lab, tmpfs, tmp_path):
         finally:
             stop.set()
             t.join()
+            if asker.is_alive() or asker.ident:
+                asker.join()
     assert cap.returncode == 0, cap.stderr
+    assert answers and all(rc == 0 and n >= 0 for rc, n, _ in answers), answers
+    assert any(n > 0 for _, n, _ in answers), answers
     # the floor held, crossed by at most one file's size; files were no bigger than the adapted size
     assert all(f.stat().st_size <= rotate + 65536 for f in store.glob(f"packets/{lab.iface}/q*/*.pcap"))
     assert low[0] >= floor - rotate, f"free fell to {low[0]} with floor {floor} ({(floor - low[0]) / MiB:.1f} MiB under)"
