@@ -293,3 +293,22 @@ def test_memory_queue_count_from_nic(tmp_path):
     mp = memory.plan(cfg, queue_count=lambda n: memory.rx_queue_count(n, str(tmp_path)), available=None, limit=None,
                      cap=True)
     assert mp.ifaces[0].queues == 3 and mp.ifaces[0].queues_known
+
+
+def test_config_check_and_json_cli(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text(GOOD.replace('"/data/a"', f'"{tmp_path}/store"') + "queues = 1\n")
+    st = [sys.executable, "-m", "stenoxdp", "config"]
+    out = subprocess.run(st + ["check", "--config", str(p)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "config ok" in out.stdout, out.stderr
+    out = subprocess.run(st + ["show", "--json", "--config", str(p)], capture_output=True, text=True, timeout=60)
+    doc = json.loads(out.stdout)
+    assert doc["config"]["ifaces"][0]["name"] == "eth1" and doc["memory"]["locked"] > 16 << 20
+    steno = tmp_path / "steno.json"
+    steno.write_text(json.dumps(RICH))
+    out = subprocess.run(st + ["show", "--stenographer-config", str(steno)], capture_output=True, text=True, timeout=60)
+    assert "# ignored from the Stenographer config:" in out.stdout and "StenotypePath" in out.stdout
+    # its certificate directory does not exist here: a problem, and exit 2
+    assert out.returncode == 2 and "server.certs" in out.stdout
+    out = subprocess.run(st + ["show"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "exactly one of --config FILE or --stenographer-config FILE" in out.stderr
