@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import layout
 from .errors import InterfaceError, NotDedicatedError, StenoError
-from .store import Store
+from .store import Store, pid_alive
 
 log = logging.getLogger("stenoxdp")
 
@@ -365,18 +365,8 @@ def _remove_stale_pins() -> None:
 
     for name in entries:
         pid = name.split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             bpfprog.remove_pins(os.path.join(PIN_ROOT, name))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 def _pump(stream, tag: str) -> None:

@@ -28,6 +28,17 @@ _STAMP_RE = re.compile(r"^(\.?)(\d{19})\.(pcap|rec|idx)$")
 _IFACE_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
 
 
+def pid_alive(pid: int) -> bool:
+    """Is a process with this pid running (status files and pins name their owner)?"""
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
 def stamp_name(stamp_ns: int) -> str:
     return f"{stamp_ns:019d}"
 

@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import NeedRootError, StenoError, UsageError
+from ..store import pid_alive
 
 DEFAULT_STATUS_DIR = Path(os.environ.get("STENOXDP_STATUS_DIR", "/run/stenoxdp"))
 
@@ -127,16 +128,6 @@ def register(app: typer.Typer) -> None:
             time.sleep(1.0)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
 def read_status(status_dir: Path) -> list[dict]:
     """The status documents of every live controller in status_dir."""
     out = []
@@ -149,6 +140,6 @@ def read_status(status_dir: Path) -> list[dict]:
             doc = json.loads(p.read_text())
         except (OSError, ValueError):
             continue
-        if _alive(int(doc.get("pid", p.stem))):
+        if pid_alive(int(doc.get("pid", p.stem))):
             out.append(doc)
     return out
