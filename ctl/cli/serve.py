@@ -132,15 +132,15 @@ def register(app: typer.Typer) -> None:
                 raise UsageError(f"store directory {d} does not exist: give the --dir of a capture or import")
         stores = [Store(d) for d in dir]
         limits = Limits(max_concurrent=max_queries, max_answer_bytes=max_answer_bytes, max_seconds=max_seconds)
+        stop = threading.Event()
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, lambda *_: stop.set())
         h = start(stores, certs_dir, host=host, port=port, grpc_port=grpc_port, limits=limits, audit_file=audit_log)
         log = logging.getLogger("stenoxdp")
         if h.port:
             log.info("HTTPS (Stenographer API) on %s:%d", host, h.port)
         if h.grpc_port:
             log.info("gRPC on %s:%d", host, h.grpc_port)
-        stop = threading.Event()
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, lambda *_: stop.set())
         try:
             while not stop.wait(1.0):
                 pass
