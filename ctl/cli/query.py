@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
                 raise UsageError("--server needs --certs DIR (the client certificate directory)")
             from ..server.client import remote_query
 
-            chunks = remote_query(server, str(certs), text, limit_packets, limit_bytes)
+            chunks = remote_query(server, str(certs), text, limit_packets, limit_bytes, micros=micros, iface=iface)
             warnings: list[str] = []
         else:
             if not dirs:

@@ -246,9 +246,16 @@ def test_three_ifaces_one_daemon_merged_and_per_iface_answers(lab_factory, dirs)
     stores = [tmp / "a", tmp / "b", tmp / "c"]
     rets = [{"min_free_percent": 0, "max_files": 1000}, {"min_free_percent": 1, "max_age_s": "7d"},
             {"min_free_percent": 2, "max_bytes": "1GiB"}]
+    cdir = tmp / "certs"
+    r = subprocess.run([STENOCTL, "certs", "init", "--dir", str(cdir), "--host", "127.0.0.1"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    gport = free_port()
     cfg = write_config(tmp / "three.toml", status, [
         {"name": lb.iface, "dir": str(st), "dedicated": True, "queues": 1, "rotate_seconds": rs, "retention": rt}
-        for lb, st, rs, rt in zip(labs, stores, (1, 60, 2), rets)])
+        for lb, st, rs, rt in zip(labs, stores, (1, 60, 2), rets)],
+        server={"grpc_port": gport, "certs": str(cdir)})
+    remote = ["--server", f"127.0.0.1:{gport}", "--certs", str(cdir)]
     per_round = 20
     with daemon(cfg, status) as cap:
         doc = cap.status()
@@ -270,6 +277,8 @@ def test_three_ifaces_one_daemon_merged_and_per_iface_answers(lab_factory, dirs)
         tags = [m[0] for m in markers(allq)]
         switches = sum(1 for x, y in zip(tags, tags[1:]) if x != y)
         assert switches >= 14, f"answers of the interfaces were not interleaved by time ({switches} switches)"
+        # the daemon's server answers over all of its stores: the same merged answer
+        assert parse_pcap(query_cli("udp and port 9", [], *remote)) == allq
         # within each interface, the send order is kept
         for t in (1, 2, 3):
             assert [n for tg, n in markers(allq) if tg == t] == list(range(5 * per_round))
@@ -278,6 +287,7 @@ def test_three_ifaces_one_daemon_merged_and_per_iface_answers(lab_factory, dirs)
             only = parse_pcap(query_cli("udp and port 9", stores, "--iface", lb.iface))
             assert markers(only) == [(t, n) for n in range(5 * per_round)]
             assert [p for p in parse_pcap(query_cli("udp", [st]))] == only
+            assert parse_pcap(query_cli("udp and port 9", [], *remote, "--iface", lb.iface)) == only
             # the merged answer restricted to this interface is the per-interface answer
             assert [x for x in allq if marker(x[1])[0] == t] == only
         # each interface kept its own retention policy
