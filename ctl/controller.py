@@ -496,11 +496,9 @@ class Controller:
         from stenoxdp.server import daemon
 
         s = self.server_cfg
-        lim = {"max_concurrent": s.max_concurrent}
-        if s.max_answer_bytes is not None:
-            lim["max_answer_bytes"] = s.max_answer_bytes
-        if s.max_seconds is not None:
-            lim["max_seconds"] = s.max_seconds
+        # the config's "none" means no cap (the server's 0)
+        lim = {"max_concurrent": s.max_concurrent, "max_answer_bytes": s.max_answer_bytes or 0,
+               "max_seconds": s.max_seconds or 0}
         self.server = daemon.serve([st for c in self.caps for st, _ in c.stores], s.certs, host=s.host, port=s.port,
                                    grpc_port=s.grpc_port, status_dir=self.status_dir, **lim)
 
