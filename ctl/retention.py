@@ -498,21 +498,29 @@ class RetentionLoop:
             out, self._pending = self._pending, []
         return out
 
+    FUTILE_STEP = 1 << 20
+
     def _loop(self) -> None:
         next_full = 0.0
+        futile_free: int | None = None  # free space when a near-floor run found nothing to delete
         while not self._stop.is_set():
             poked = self._ev.wait(self.tick)
             self._ev.clear()
             if self._stop.is_set():
                 break
             now = time.monotonic()
-            if poked or now >= next_full or self._near_floor():
+            near = self._near_floor()
+            if near and futile_free is not None and self._sample and self._sample[1] > futile_free - self.FUTILE_STEP:
+                near = False  # nothing was deletable a moment ago: look again after another MiB, not every tick
+            if poked or now >= next_full or near:
                 try:
-                    self.run_once()
+                    done = self.run_once()
                 except Exception as e:  # never take the daemon down
+                    done = []
                     self.stats.errors += 1
                     self.stats.last_error = f"{type(e).__name__}: {e}"
                     log.warning("retention %s: %s", self.iface, e)
+                futile_free = self._sample[1] if (near and not done and self._sample) else None
                 next_full = now + self.interval
 
     def start(self) -> "RetentionLoop":

@@ -378,3 +378,17 @@ def test_kill9_during_deletion_20_rounds_then_salvage(tmp_path):
         assert len(done) == len(left) - 1 and len({d.stamp for d in done}) == len(done)
     assert interrupted >= 1, interrupted  # at least one kill landed mid-deletion
     print("interrupted rounds:", interrupted)
+
+
+def test_loop_does_not_spin_when_nothing_can_be_deleted(tmp_path):
+    """Under the floor with only the newest file left: no run on every tick (bounded CPU)."""
+    import time
+
+    store = Store(tmp_path / "s").init()
+    make_file(store, "eth1", 0, 100 * S)
+    loop = RetentionLoop(store, "eth1", Retention(min_free_percent=99), interval=10, tick=0.005).start()
+    try:
+        time.sleep(0.5)
+    finally:
+        loop.stop()
+    assert 1 <= loop.stats.runs <= 5, loop.stats.runs
