@@ -429,9 +429,14 @@ def _store_problems(store: Path, iface: str) -> list[str]:
 def test_kill9_rounds_keep_every_written_packet(lab, dirs):
     tmp, status = dirs
     store = tmp / "store"
-    cfg = write_config(tmp / "crash.toml", status, [
-        {"name": lab.iface, "dir": str(store), "dedicated": True, "queues": 1, "rotate_seconds": 1,
-         "rotate_bytes": "256KiB", "flush_interval": 0.2, "retention": {"min_free_percent": 0}}])
+    base = {"name": lab.iface, "dir": str(store), "dedicated": True, "queues": 1, "rotate_seconds": 1,
+            "rotate_bytes": "256KiB", "flush_interval": 0.2}
+    cfg = write_config(tmp / "crash.toml", status, [dict(base, retention={"min_free_percent": 0})])
+    # the second half of the rounds runs with retention deleting the oldest files all the time (max_files),
+    # so kills also land around deletions; then only a prefix (the oldest packets) may go
+    cfg_ret = write_config(tmp / "crash-ret.toml", status, [dict(base, retention={"min_free_percent": 0,
+                                                                                   "max_files": 6})])
+    deleting = False
     rng = random.Random(int(os.environ.get("SXDP_CRASH_SEED", "5")))
     stop = threading.Event()
     sent = [0]
@@ -473,15 +478,19 @@ def test_kill9_rounds_keep_every_written_packet(lab, dirs):
                     f"round {rnd}: writers {wpids} outlived their controller"
                 assert xdp_attached(lab.iface)  # the dead controller's program is still there ...
                 cap.stop()
-                cap = daemon(cfg, status)
+                deleting = deleting or rnd >= len(modes) // 2
+                cap = daemon(cfg_ret if deleting else cfg, status)
                 cap.start()  # ... and the new daemon replaces it
                 assert xdp_attached(lab.iface)
             got = markers(parse_pcap(query_local("udp and port 9", [store])))
-            missing = snap - set(got)
+            oldest = min((n for _, n in got), default=0) if deleting else 0
+            missing = {m for m in snap if m[1] >= oldest} - set(got)
             assert not missing, f"round {rnd} ({mode}): {len(missing)} packets on disk before the kill are gone"
             assert len(got) == len(set(got)), f"round {rnd} ({mode}): duplicated packets"
             snapshots |= snap
             log.append((mode, len(snap)))
+        ret = cap.status()["ifaces"][0]["retention"]
+        assert deleting and sum(r.get("files_deleted", 0) for r in ret) > 0, f"retention deleted nothing: {ret}"
     finally:
         stop.set()
         t.join(timeout=30)
@@ -500,7 +509,10 @@ def test_kill9_rounds_keep_every_written_packet(lab, dirs):
     answer = query_cli("udp and port 9", [store])
     got = parse_pcap(answer)
     assert got == in_files, "the indexed answer differs from the packet files"
-    assert snapshots <= set(markers(got)) and len(markers(got)) == len(set(markers(got)))
+    oldest = min(n for _, n in markers(got))
+    assert {m for m in snapshots if m[1] >= oldest} <= set(markers(got))
+    assert len(markers(got)) == len(set(markers(got)))
+    assert len(files) <= 6 + 1, f"{len(files)} files kept with max_files 6"
     # and rebuilding every index from the packet files changes nothing
     r = subprocess.run([STENOCTL, "reindex", "--dir", str(store)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
