@@ -24,12 +24,14 @@ import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from typing import Iterator
 
 import numpy as np
 
 from .. import layout
 from ..errors import IndexFormatError, QueryError, StoreError
+from ..store import PCAP_SUFFIX, REC_SUFFIX, stamp_name
 from . import keys as K
 from .index import IndexReader, recs_from_pcap
 
@@ -243,6 +245,22 @@ def _remember_meta(idx, meta) -> None:
 REC_SLICE = 1 << 20  # records evaluated per numpy pass on .rec files
 
 
+def _resolve(pf):
+    """The PacketFile as it is now on disk: hidden or final pcap, hidden or final .rec."""
+    d = pf.pcap.parent
+    s = stamp_name(pf.stamp)
+    fp, hp = d / f"{s}{PCAP_SUFFIX}", d / f".{s}{PCAP_SUFFIX}"
+    fr, hr = d / f"{s}{REC_SUFFIX}", d / f".{s}{REC_SUFFIX}"
+    if fp.exists():
+        pcap, complete = fp, True
+    elif hp.exists():
+        pcap, complete = hp, False
+    else:
+        return None
+    rec = hr if hr.exists() else fr
+    return dc_replace(pf, pcap=pcap, rec=rec, complete=complete)
+
+
 def map_recs(path) -> np.ndarray:
     """The whole records of a .rec file as a read-only memory map (no copy)."""
     n = os.path.getsize(path) // layout.REC_DTYPE.itemsize
@@ -273,35 +291,43 @@ class _Planner:
 
     # file metadata without evaluating the query
     def open_source(self, seq: int, pf) -> _Source | None:
-        try:
-            size = os.path.getsize(pf.pcap)
-        except OSError:
-            return None  # deleted by retention meanwhile
-        if pf.complete and pf.idx.is_dir():
-            meta = _cached_meta(pf.idx)
-            if meta is None:
-                try:
-                    with IndexReader(pf.idx) as rd:
-                        meta = (rd.first_ts, rd.last_ts, rd.count)
-                except (StoreError, IndexFormatError) as e:
-                    self.warn(f"{e}; scanning {pf.pcap} instead")
-                    return self._scan_source(seq, pf, size)
-                _remember_meta(pf.idx, meta)
-            return _Source(seq, pf, meta[0], meta[1], size=size)
-        if pf.complete and not pf.rec.exists():
-            self.warn(f"{pf.pcap} has no index yet; scanning it")
-            return self._scan_source(seq, pf, size)
-        try:
-            recs = map_recs(pf.rec)
-        except FileNotFoundError:
-            # the indexer may just have finished (rec deleted, idx renamed): try again
-            if pf.idx.is_dir():
-                return self.open_source(seq, pf)
-            return None
-        if len(recs) == 0:
-            return None
-        lo, hi = _ts_range(recs)
-        return _Source(seq, pf, lo, hi, recs=recs, size=size)
+        """Plan one packet file. The writer and the indexer may rename or delete
+        its files meanwhile (.rec then .pcap at rotation, .rec after indexing):
+        the names are re-resolved and the step retried a few times."""
+        for _ in range(4):
+            pf = _resolve(pf)
+            if pf is None:
+                return None  # deleted by retention meanwhile
+            try:
+                size = os.path.getsize(pf.pcap)
+            except OSError:
+                continue
+            if pf.complete and pf.idx.is_dir():
+                meta = _cached_meta(pf.idx)
+                if meta is None:
+                    try:
+                        with IndexReader(pf.idx) as rd:
+                            meta = (rd.first_ts, rd.last_ts, rd.count)
+                    except (StoreError, IndexFormatError) as e:
+                        self.warn(f"{e}; scanning {pf.pcap} instead")
+                        return self._scan_source(seq, pf, size)
+                    _remember_meta(pf.idx, meta)
+                return _Source(seq, pf, meta[0], meta[1], size=size)
+            if pf.complete and not pf.rec.exists():
+                if pf.idx.is_dir():
+                    continue
+                self.warn(f"{pf.pcap} has no index yet; scanning it")
+                return self._scan_source(seq, pf, size)
+            try:
+                recs = map_recs(pf.rec)
+            except FileNotFoundError:
+                continue  # renamed at rotation, or indexed and deleted: look again
+            if len(recs) == 0:
+                return None
+            lo, hi = _ts_range(recs)
+            return _Source(seq, pf, lo, hi, recs=recs, size=size)
+        self.warn(f"{pf.pcap if pf else 'a packet file'} kept changing while the query was planned; skipped")
+        return None
 
     def _scan_source(self, seq, pf, size) -> _Source | None:
         try:

@@ -405,3 +405,21 @@ def test_rec_files_evaluated_in_slices(store, monkeypatch):
     monkeypatch.setattr(engine, "REC_SLICE", 97)  # the open and .rec-only files span many slices
     for text in ("tcp", "not host 198.18.0.3", "ip or not ip"):
         assert _split(_run(st, text)[1]) == _expected(files, qlang.parse(text))
+
+
+def test_rotation_between_listing_and_planning(tmp_path):
+    """The writer renames .rec then .pcap (and the indexer deletes the .rec) while
+    a query plans: the file is found under its new names, nothing is lost."""
+    st, files = _make_store(tmp_path, [("e", 0, 400, "open"), ("e", 0, 300, "indexed")], seed=11)
+    stale = st.files()
+    op = [f for f in stale if not f.complete][0]
+    pcap, rec, idx = st.final_paths("e", 0, op.stamp)
+    op.rec.rename(rec)  # rotation: .rec first ...
+    st.files = lambda iface=None, include_open=True: stale  # the query listed before the rename
+    s = engine.query(st, "ip or not ip")
+    assert len(_split(s.read_all())) == 700 and not s.warnings
+    op.pcap.rename(pcap)  # ... then the .pcap; then the indexer builds the index and deletes the .rec
+    I.build_index(I.read_recs(rec), idx, pcap.stat().st_size)
+    rec.unlink()
+    s = engine.query(st, "ip or not ip")
+    assert len(_split(s.read_all())) == 700 and not s.warnings
