@@ -47,10 +47,11 @@ class FileInfo:
 
     stamp: int            # creation time, ns (its name)
     pcap_bytes: int       # space its packet file takes on the packets file system
-    index_bytes: int      # space its index (index dir + .rec) takes
+    index_bytes: int      # space its index directory takes (on the index file system)
     last_ts: int          # ns of its last packet
     queue: int = 0
     iface: str = ""
+    rec_bytes: int = 0    # its .rec records, until indexed (on the packets file system)
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,11 @@ class Deletion:
     index_bytes: int
     last_ts: int
     reason: str  # one of REASONS: the first limit that was over when the file was picked
+    rec_bytes: int = 0
 
     @property
     def bytes(self) -> int:
-        return self.pcap_bytes + self.index_bytes
+        return self.pcap_bytes + self.rec_bytes + self.index_bytes
 
 
 def free_target(fs: FsUsage, percent: float) -> int:
@@ -106,7 +108,7 @@ def plan_deletions(files: list[FileInfo], usage: Usage, policy: Retention, now_n
     for f in order:
         newest[(f.iface, f.queue)] = f.stamp
     count = len(order)
-    total = sum(f.pcap_bytes + f.index_bytes for f in order) + usage.open_bytes
+    total = sum(f.pcap_bytes + f.rec_bytes + f.index_bytes for f in order) + usage.open_bytes
     pk_free = usage.packets.free
     pk_need = free_target(usage.packets, policy.min_free_percent)
     if pk_need:
@@ -132,13 +134,13 @@ def plan_deletions(files: list[FileInfo], usage: Usage, policy: Retention, now_n
             reason = "age"
         if reason is None:
             continue
-        out.append(Deletion(f.iface, f.queue, f.stamp, f.pcap_bytes, f.index_bytes, f.last_ts, reason))
+        out.append(Deletion(f.iface, f.queue, f.stamp, f.pcap_bytes, f.index_bytes, f.last_ts, reason, f.rec_bytes))
         count -= 1
-        total -= f.pcap_bytes + f.index_bytes
+        total -= f.pcap_bytes + f.rec_bytes + f.index_bytes
         if usage.index is None:
-            pk_free += f.pcap_bytes + f.index_bytes
+            pk_free += f.pcap_bytes + f.rec_bytes + f.index_bytes
         else:
-            pk_free += f.pcap_bytes
+            pk_free += f.pcap_bytes + f.rec_bytes
             ix_free += f.index_bytes
     return out
 
@@ -242,21 +244,21 @@ class Scanner:
                     st = pf.pcap.stat()
                 except OSError:
                     continue  # deleted meanwhile
-                ib = 0
+                ib = rb = 0
                 rec_ts = None
                 try:
-                    ib += _alloc(pf.rec.stat())
+                    rb = _alloc(pf.rec.stat())
                     rec_ts = _last_ts_from_rec(pf.rec)
                 except OSError:
                     pass
                 indexed = pf.idx.is_dir()
                 if indexed:
-                    ib += _tree_bytes(pf.idx)
+                    ib = _tree_bytes(pf.idx)
                 last = rec_ts if rec_ts else st.st_mtime_ns
-                hit = (_alloc(st), ib, last)
-                if indexed and not pf.rec.exists():
+                hit = (_alloc(st), ib, last, rb)
+                if indexed and not rb and not pf.rec.exists():
                     self._cache[key] = hit
-            files.append(FileInfo(pf.stamp, hit[0], hit[1], hit[2], pf.queue, pf.iface))
+            files.append(FileInfo(pf.stamp, hit[0], hit[1], hit[2], pf.queue, pf.iface, hit[3]))
         for k in list(self._cache):
             if k not in seen:
                 del self._cache[k]
@@ -428,7 +430,7 @@ class RetentionLoop:
             self.last = {
                 "files": len(left), "open_files": len(opened),
                 "packet_bytes": sum(f.pcap_bytes for f in left) + use.open_bytes,
-                "index_bytes": sum(f.index_bytes for f in left),
+                "index_bytes": sum(f.index_bytes + f.rec_bytes for f in left),
                 "oldest_stamp_ns": min((f.stamp for f in left), default=None),
                 "oldest_last_ts_ns": min((f.last_ts for f in left), default=None),
                 "free_bytes": pk_after.free, "total_bytes": pk_after.total,

@@ -392,3 +392,12 @@ def test_loop_does_not_spin_when_nothing_can_be_deleted(tmp_path):
     finally:
         loop.stop()
     assert 1 <= loop.stats.runs <= 5, loop.stats.runs
+
+
+def test_records_count_on_the_packets_fs_when_the_index_is_elsewhere():
+    fs = [FileInfo((100 + i) * S, MB, MB // 4, (101 + i) * S, 0, "e", rec_bytes=MB) for i in range(10)]
+    u = Usage(FsUsage(100 * MB, 7 * MB), index=FsUsage(10 * MB, 5 * MB))
+    plan = plan_deletions(fs, u, Retention(min_free_percent=10), NOW)
+    assert len(plan) == 2 and plan[0].bytes == MB + MB + MB // 4  # each frees 2 MB on the packets fs
+    plan = plan_deletions(fs, usage(50 * MB), Retention(min_free_percent=0, max_bytes=20 * MB), NOW)
+    assert len(plan) == 2  # 22.5 MB -> 2 files of 2.25 MB
