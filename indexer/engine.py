@@ -507,8 +507,11 @@ def _generate(stream: QueryStream, stores: list, node, limit_packets: int, limit
                     try:
                         s.reader = IndexReader(s.pf.idx)
                     except (StoreError, IndexFormatError) as e:
-                        plan.warn(f"skipping {s.pf.pcap}: {e}")
-                        continue
+                        plan.warn(f"{e}; scanning {s.pf.pcap} instead")
+                        alt = plan._scan_source(s.seq, s.pf, s.size)
+                        if alt is None:
+                            continue
+                        s.recs, s.scan = alt.recs, True
                 plan.select(s)
                 if s.remaining() == 0:
                     s.close()
