@@ -80,6 +80,7 @@ def _write_file(store: Store, iface: str, queue: int, frames, sel: np.ndarray) -
         recs = I.recs_from_pcap(hp)
         nidx = I.build_index(recs, idx, size)
         os.replace(hp, pcap)
+        I._fsync_dir(pcap.parent)
     except BaseException:
         hp.unlink(missing_ok=True)
         if idx.exists():

@@ -255,8 +255,21 @@ def build_index(recs: np.ndarray, idx_path: os.PathLike | str, file_size: int | 
             p.unlink()
     if idx_path.exists():
         shutil.rmtree(idx_path)
+    _fsync_dir(tmp)
     os.replace(tmp, idx_path)
+    _fsync_dir(idx_path.parent)  # the rename is durable before the caller deletes the .rec
     return index_bytes(idx_path)
+
+
+def _fsync_dir(path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def index_bytes(idx_path: os.PathLike | str, sst_only: bool = False) -> int:
