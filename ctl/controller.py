@@ -401,12 +401,21 @@ class Controller:
             raise StenoError("an interface is listed twice")
         for c in self.caps:  # nothing starts unless every interface can be taken
             c.preflight()
+        if self.server_cfg is not None and self.server is None:
+            # the listeners bind before any interface is touched: a port in use stops the start cleanly
+            for c in self.caps:
+                for st, _ in c.stores:
+                    st.init()
+            self._start_server()
         try:
             for c in self.caps:
                 c.start()
         except BaseException:
             for c in self.caps:
                 c.stop()
+            if self.server is not None:
+                self.server.stop()
+                self.server = None
             self._remove_status_files()
             raise
 
@@ -415,8 +424,6 @@ class Controller:
         signal.signal(signal.SIGTERM, self._signal)
         self.start()
         try:
-            if self.server_cfg is not None:
-                self._start_server()
             last_clock = last_index = last_status = 0.0
             indexer = _Background(self._index_all)
             while not self.stop_flag:

@@ -226,9 +226,26 @@ def test_bad_configs_named_and_nothing_started(lab, dirs):
         ("server host not an IP", [good], {"port": free_port(), "host": "sensor", "certs": str(tmp)},
          "server.host"),
     ]
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    cdir = tmp / "certs"
+    subprocess.run([STENOCTL, "certs", "init", "--dir", str(cdir), "--host", "127.0.0.1"], check=True,
+                   capture_output=True, timeout=60)
+    cases += [
+        # found only when binding: the listeners bind before any interface is touched
+        ("server port in use", [good], {"port": busy.getsockname()[1], "certs": str(cdir)},
+         f"127.0.0.1:{busy.getsockname()[1]}"),
+        ("interface down", [good], None, "down"),
+    ]
     for what, ifaces, server, needle in cases:
         cfg = write_config(tmp / "bad.toml", status, ifaces, server)
-        r = _bad_run(cfg)
+        if what == "interface down":
+            run(["ip", "link", "set", lab.iface, "down"])
+        try:
+            r = _bad_run(cfg)
+        finally:
+            run(["ip", "link", "set", lab.iface, "up"])
         assert r.returncode != 0, f"{what}: accepted"
         assert needle in r.stderr, f"{what}: message does not name {needle!r}: {r.stderr!r}"
         assert "Traceback" not in r.stderr, f"{what}: traceback"
@@ -237,6 +254,7 @@ def test_bad_configs_named_and_nothing_started(lab, dirs):
         left = [p for p in (tmp / "s", tmp / "t") if p.exists() and any(p.rglob("*.pcap"))]
         assert not left, f"{what}: packet files created: {left}"
         assert not [p for p in status.glob("*.json")], f"{what}: a status file was published"
+    busy.close()
 
 
 # ---- 2. several interfaces in one daemon (issue 5) ------------------------------------------
@@ -352,7 +370,8 @@ def test_daemon_serves_stenoread_grpc_and_parallel_clients_while_capturing(lab, 
         n_bg = 60_000
         tg: dict = {}
         sender = threading.Thread(target=lambda: tg.setdefault("r", lab.trafgen(200, n_bg, rate_pps=4000)))
-        before = cap.status()["ifaces"][0]
+        before = wait_for(lambda: (i := cap.status()["ifaces"][0])["totals"]["packets"] >= 300 and i, timeout=10)
+        assert before, "status never counted the 300 packets"
         sender.start()
         t_end = time.monotonic() + 15
 
