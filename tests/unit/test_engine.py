@@ -423,3 +423,11 @@ def test_rotation_between_listing_and_planning(tmp_path):
     rec.unlink()
     s = engine.query(st, "ip or not ip")
     assert len(_split(s.read_all())) == 700 and not s.warnings
+
+
+def test_indexes_reopened_beyond_keep_open(store, monkeypatch):
+    st, files = store
+    monkeypatch.setattr(engine, "KEEP_OPEN", 1)
+    engine._meta_cache.clear()
+    for text in ("udp and port 53", "not ip"):
+        assert _split(_run(st, text)[1]) == _expected(files, qlang.parse(text))
