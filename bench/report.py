@@ -73,6 +73,29 @@ def ratios(res: dict) -> list[str]:
                 parts.append(f"{a / b:.2f}{mark}" if a and b else "–")
             cells.append(" / ".join(parts))
         out.append(f"| {size} B | {cells[0]} | {cells[1]} |")
+    out += ["", "Issue 2's targets (lossless rate ≥ the better of tcpdump and Stenographer — where both are "
+            "generator-bound, reach the generator too; CPU per Mpkt ≤ Stenographer's):", "",
+            "| frame | lossless target | CPU target |", "|---|---|---|"]
+    for size, s in t["stenoxdp"]["sizes"].items():
+        others = [t.get(o, {}).get("sizes", {}).get(size, {}) for o in ("tcpdump", "stenographer")]
+        best = max((o.get("lossless_pps") or 0 for o in others), default=0)
+        mine = s.get("lossless_pps") or 0
+        gen_all = others and all(o.get("lossless_gen_bound") for o in others if o)
+        if not best:
+            lt = "–"
+        elif mine >= best or (gen_all and s.get("lossless_gen_bound")):
+            lt = "met" + (" (all generator-bound)" if gen_all and s.get("lossless_gen_bound") else "")
+        else:
+            lt = f"not met: {fmt_pps(mine)} vs {fmt_pps(best)} ({100 * (1 - mine / best):.0f} % short)"
+        sc = t.get("stenographer", {}).get("sizes", {}).get(size, {}).get("cpu_s_per_mpkt")
+        mc = s.get("cpu_s_per_mpkt")
+        if not (sc and mc):
+            ct = "–"
+        elif mc <= sc:
+            ct = f"met: {mc:.2f} ≤ {sc:.2f}"
+        else:
+            ct = f"not met: {mc:.2f} vs {sc:.2f} ({mc / sc:.1f}×)"
+        out.append(f"| {size} B | {lt} | {ct} |")
     out.append("")
     out.append("\\* one of the two lossless rates is a generator limit (\"(gen)\" or \"(paced gen)\"): "
                "that ratio compares what the generator reached in the two runs, not the tools.")
