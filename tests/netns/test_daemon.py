@@ -538,3 +538,50 @@ def test_kill9_rounds_keep_every_written_packet(lab, dirs):
     assert query_cli("udp and port 9", [store]) == answer
     print(f"\n{len(modes)} kill -9 rounds, {len(files)} files, {len(got)} packets kept of {sent[0]} sent; "
           f"per round on disk at the kill: {[n for _, n in log][:6]}...")
+
+
+# ---- migration: a Stenographer config runs the whole daemon (issues 4 and 5) -------------------
+def test_stenographer_config_captures_and_serves_stenoread(lab_factory, dirs):
+    lab = lab_factory(queues=2)
+    tmp, _status = dirs
+    cdir = tmp / "certs"
+    subprocess.run([STENOCTL, "certs", "init", "--dir", str(cdir), "--host", "127.0.0.1"], check=True,
+                   capture_output=True, timeout=60)
+    t0, t1 = tmp / "thread0", tmp / "thread1"
+    # one file is both the daemon's config and the clients' (as on a Stenographer sensor)
+    sc = tmp / "config"
+    sc.write_text(json.dumps({
+        "Threads": [{"PacketsDirectory": str(t0), "IndexDirectory": str(t0 / "idx"), "DiskFreePercentage": 1},
+                    {"PacketsDirectory": str(t1), "IndexDirectory": str(t1 / "idx"), "MaxDirectoryFiles": 500}],
+        "StenotypePath": "/usr/bin/stenotype", "Interface": lab.iface, "Port": free_port(), "Host": "127.0.0.1",
+        "Flags": ["--fileage_sec=60"], "CertPath": str(cdir)}))
+    status = Path("/run/stenoxdp")  # a Stenographer config has no status dir: the default
+    cap = CaptureProc(lab.iface, tmp / "unused", status)
+    cap.cmd = [STENOCTL, "run", "--stenographer-config", str(sc)]
+    sent = []
+    with cap:
+        for k, cpu in enumerate((0, 1, 0, 1)):  # 16 flows (source ports) over the two RX queues
+            fr = [frame(10 + i % 16, k * 50 + i, dport=7006) for i in range(50)]
+            lab.send_frames(fr, pps=3000, cpu=cpu)
+            sent += fr
+        want = wait_for(lambda: (a := query_local("udp and port 7006", [t0, t1])) and len(parse_pcap(a)) == 200
+                        and a, timeout=10)
+        assert want, "not every packet answered from the two thread directories"
+        assert sorted(p for _, p in parse_pcap(want)) == sorted(sent)
+        per_dir = [len(parse_pcap(query_local("udp and port 7006", [d]))) for d in (t0, t1)]
+        files = sorted(str(f.relative_to(tmp)) for f in tmp.glob("thread*/packets/*/*/*.pcap"))
+        assert all(per_dir) and sum(per_dir) == 200, f"queues not spread over the threads' dirs: {per_dir} {files}"
+        out = tmp / "r.pcap"
+        r = subprocess.run(["stenoread", "udp and port 7006", "-w", str(out)], capture_output=True, timeout=60,
+                           env=dict(os.environ, STENOGRAPHER_CONFIG=str(sc)))
+        assert r.returncode == 0, r.stderr
+        assert parse_pcap(out.read_bytes()) == [(t // 1000 * 1000, p) for t, p in parse_pcap(want)]
+    assert cap.returncode == 0, cap.stderr
+    assert "ignored" in cap.stderr and "StenotypePath" in cap.stderr, "what was ignored is not said"
+    assert not xdp_attached(lab.iface)
+    # after the stop every file is indexed in its thread's IndexDirectory and answered from there, no scan
+    assert list(t0.glob("idx/*/q0/*.idx")) and list(t1.glob("idx/*/q1/*.idx"))
+    r = subprocess.run([STENOCTL, "query", "udp and port 7006", "--dir", str(t0), "--dir", str(t1), "-w", "-"],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    assert r.stdout == want
