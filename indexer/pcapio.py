@@ -11,6 +11,7 @@ loop over the file's framing, not over packet contents).
 """
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -49,8 +50,11 @@ def _bad_link(path, lt) -> CaptureFormatError:
 
 
 def read_frames(path: os.PathLike | str) -> Frames:
+    """The file is memory-mapped (read-only), not read: imports of captures larger
+    than memory work, and frames are sliced straight out of the page cache."""
     with open(path, "rb") as f:
-        buf = f.read()
+        size = os.fstat(f.fileno()).st_size
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
     if len(buf) < 4:
         raise CaptureFormatError(f"{path}: too short to be a pcap or pcapng file")
     m = buf[:4]
@@ -157,6 +161,8 @@ def _read_pcapng(path, buf: bytes) -> Frames:
             if lt != LINKTYPE_ETHERNET:
                 raise _bad_link(path, lt)
             ticks = (th << 32) | tl
+            if body + 20 + cap > pos + blen - 4:
+                raise CaptureFormatError(f"{path}: packet block at offset {pos} claims {cap} bytes, more than it holds")
             offs.append(body + 20)
             caps.append(cap)
             wires.append(wire)
@@ -178,6 +184,8 @@ def _read_pcapng(path, buf: bytes) -> Frames:
             lt, tps = ifaces[iid] if iid < len(ifaces) else (LINKTYPE_ETHERNET, 1_000_000)
             if lt != LINKTYPE_ETHERNET:
                 raise _bad_link(path, lt)
+            if body + 20 + cap > pos + blen - 4:
+                raise CaptureFormatError(f"{path}: packet block at offset {pos} claims {cap} bytes, more than it holds")
             offs.append(body + 20)
             caps.append(cap)
             wires.append(wire)

@@ -431,3 +431,13 @@ def test_indexes_reopened_beyond_keep_open(store, monkeypatch):
     engine._meta_cache.clear()
     for text in ("udp and port 53", "not ip"):
         assert _split(_run(st, text)[1]) == _expected(files, qlang.parse(text))
+
+
+def test_pcapng_block_claiming_too_much_is_refused(tmp_path):
+    shb = struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("<I", 28)
+    idb = struct.pack("<IIHHI", 1, 20, 1, 0, 0) + struct.pack("<I", 20)
+    epb = struct.pack("<IIIIIII", 6, 48, 0, 0, 0, 9999, 9999) + bytes(16) + struct.pack("<I", 48)
+    p = tmp_path / "bad.pcapng"
+    p.write_bytes(shb + idb + epb)
+    with pytest.raises(pcapio.CaptureFormatError, match="more than it holds"):
+        pcapio.read_frames(p)
