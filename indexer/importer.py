@@ -104,15 +104,28 @@ def import_file(store: Store, path: os.PathLike | str, iface: str = "import", *,
     # rotation points in input order: a new file when the bytes or the time span would exceed the limits
     rec_len = frames.caplen + 16
     ts = frames.ts_ns
+    cum = np.cumsum(rec_len)
+
+    def time_cut(start: int) -> int:
+        """Frames from start until the time span would pass rotate_ns (windows that
+        double, so the work stays proportional to the file, not to the input)."""
+        t0 = int(ts[start])
+        a, w = start, 4096
+        while a < n:
+            seg = ts[a : a + w]
+            bad = np.flatnonzero((seg - t0 >= rotate_ns) | (seg < t0 - rotate_ns))
+            if len(bad):
+                return a + int(bad[0]) - start
+            a += w
+            w *= 2
+        return n - start
+
     files = []
     start = 0
     while start < n:
-        cum = np.cumsum(rec_len[start:]) + 24
-        by_bytes = int(np.searchsorted(cum, rotate_bytes, side="right"))
-        t0 = int(ts[start])
-        span_bad = np.flatnonzero((ts[start:] - t0 >= rotate_ns) | (ts[start:] < t0 - rotate_ns))
-        by_time = int(span_bad[0]) if len(span_bad) else n - start
-        cnt = max(1, min(by_bytes, by_time, n - start))
+        base = int(cum[start - 1]) if start else 0
+        by_bytes = int(np.searchsorted(cum, base + rotate_bytes - 24, side="right")) - start
+        cnt = max(1, min(by_bytes, time_cut(start), n - start))
         files.append(np.arange(start, start + cnt))
         start += cnt
     total = nidx = 0
