@@ -437,10 +437,13 @@ def recs_from_pcap(pcap_path: os.PathLike | str) -> np.ndarray:
     """Records of a complete nanosecond packet file, made by the native parser."""
     from ..native import api
 
+    import mmap
+
     with open(pcap_path, "rb") as f:
-        data = f.read()
-    if len(data) < 24:
-        return np.zeros(0, layout.REC_DTYPE)
+        size = os.fstat(f.fileno()).st_size
+        if size < 24:
+            return np.zeros(0, layout.REC_DTYPE)
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # a 4 GiB file need not fit in memory
     magic = data[:4]
     if magic == b"\x4d\x3c\xb2\xa1":
         nsec = True
