@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import MAX_ROTATE_BYTES, Retention
-from .store import IDX_SUFFIX, Store, stamp_name
+from .store import IDX_SUFFIX, Store, fsync_dir, stamp_name
 
 log = logging.getLogger("stenoxdp.retention")
 
@@ -266,19 +266,6 @@ class Scanner:
 
 
 # ---------------------------------------------------------------------------- applying
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def tomb_path(store: Store, iface: str, queue: int, stamp: int) -> Path:
     return store.queue_dir(iface, queue) / f".{stamp_name(stamp)}{TOMB_SUFFIX}"
 
@@ -306,7 +293,7 @@ def delete_pair(store: Store, iface: str, queue: int, stamp: int) -> bool:
         os.rename(pcap, tomb)
     except FileNotFoundError:
         return False
-    _fsync_dir(pcap.parent)
+    fsync_dir(pcap.parent)
     finish_deletion(store, iface, queue, stamp)
     return True
 

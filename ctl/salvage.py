@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .layout import REC_DTYPE
-from .retention import TOMB_SUFFIX, _fsync_dir, finish_deletion
-from .store import IDX_SUFFIX, PCAP_SUFFIX, REC_SUFFIX, Store
+from .retention import TOMB_SUFFIX, finish_deletion
+from .store import IDX_SUFFIX, PCAP_SUFFIX, REC_SUFFIX, Store, fsync_dir
 
 log = logging.getLogger("stenoxdp.salvage")
 
@@ -317,7 +317,7 @@ def salvage_queue(store: Store, iface: str, q: int, index_pcap="auto", opened: s
         os.rename(pcap, final_pcap)
         if last:
             os.utime(final_pcap, ns=(last, last))
-        _fsync_dir(d)
+        fsync_dir(d)
         rep.salvaged.append({"path": str(final_pcap), "packets": int(len(recs)), "kept": int(end),
                              "cut": int(size - end)})
         names -= {hp, f".{s}{REC_SUFFIX}"}

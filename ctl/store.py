@@ -28,6 +28,18 @@ _STAMP_RE = re.compile(r"^(\.?)(\d{19})\.(pcap|rec|idx)$")
 _IFACE_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
 
 
+def fsync_dir(path: os.PathLike | str) -> None:
+    """Make renames and unlinks in a directory durable (a missing one is skipped)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def pid_alive(pid: int) -> bool:
     """Is a process with this pid running (status files and pins name their owner)?"""
     try:

@@ -39,7 +39,7 @@ import numpy as np
 
 from . import layout
 from .native.rx import RxBatcher
-from .store import Store
+from .store import Store, fsync_dir
 
 PCAP_NS_MAGIC = 0xA1B23C4D
 LINKTYPE_ETHERNET = 1
@@ -54,17 +54,6 @@ def pcap_global_header(snaplen: int = SNAPLEN, nanos: bool = True) -> bytes:
 
     magic = PCAP_NS_MAGIC if nanos else 0xA1B2C3D4
     return struct.pack("<IHHiIII", magic, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class PcapSink:
@@ -92,6 +81,7 @@ class PcapSink:
         self.base = 0          # file offset of the current buffer's first byte
         self.fd_buf = self.fd_direct = self.fd_rec = -1
         self.stamp = 0
+        self.last_ts = 0
         self.opened_mono = 0
         self.dir = store.queue_dir(iface, queue)
         self.files_closed = 0
@@ -143,6 +133,7 @@ class PcapSink:
         hdr = pcap_global_header()
         self.st[: len(hdr)] = np.frombuffer(hdr, dtype=np.uint8)
         self.pos, self.base, self.nrec = len(hdr), 0, 0
+        self.last_ts = 0
         self.opened_mono = time.monotonic_ns()
 
     @staticmethod
@@ -253,9 +244,12 @@ class PcapSink:
                 os.close(fd)
         self.fd_direct = self.fd_buf = self.fd_rec = -1
         final_pcap, final_rec, _ = self.store.final_paths(self.iface, self.queue, self.stamp)
+        if self.last_ts:
+            # a finished file's mtime is its last packet's time (retention ages files by it)
+            os.utime(self.pcap_path, ns=(self.last_ts, self.last_ts))
         os.rename(self.rec_path, final_rec)
         os.rename(self.pcap_path, final_pcap)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         self.files_closed += 1
         self.pos = self.base = self.nrec = 0
         return final_pcap
@@ -367,7 +361,7 @@ class Writer:
                 c["packets"] += good
                 c["wire_bytes"] += res.wire_bytes
                 if good:
-                    c["last_ts_ns"] = res.last_ts
+                    c["last_ts_ns"] = sink.last_ts = res.last_ts
                 c["bad_descs"] += res.nbad
                 c["batches"] += 1
                 sink.pos += res.nbytes

@@ -54,19 +54,27 @@ def register(app: typer.Typer) -> None:
         frame_size: int = typer.Option(4096, "--frame-size", help="UMEM chunk size (2048 or 4096)."),
         write_mode: str = typer.Option("auto", "--write-mode", help="auto | direct | buffered"),
         status_dir: Path = typer.Option(DEFAULT_STATUS_DIR, "--status-dir", help="Where live status is published."),
+        keep_free: float = typer.Option(10.0, "--min-free-percent",
+                                        help="Delete the oldest files to keep this much of the disk free."),
+        max_bytes: Optional[str] = typer.Option(None, "--max-bytes", help="Keep packets+index at most this big (e.g. 500GiB)."),
+        max_age: Optional[str] = typer.Option(None, "--max-age", help="Delete files older than this (e.g. 7d, 12h)."),
+        max_files: Optional[int] = typer.Option(None, "--max-files", help="Keep at most this many packet files."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         from .. import config as cfgmod
 
         _logging(verbose)
+        retention = cfgmod.Retention(
+            min_free_percent=keep_free,
+            max_bytes=cfgmod.parse_bytes(max_bytes, "--max-bytes") if max_bytes else None,
+            max_age_s=cfgmod.parse_duration(max_age, "--max-age") if max_age else None,
+            max_files=max_files)
         if write_mode not in ("auto", "direct", "buffered"):
             raise UsageError(f"--write-mode must be auto, direct or buffered (got {write_mode!r})")
-        if len(iface) > 1 and (filter or filter_hex):
-            pass  # one filter for all of them
         cfg = cfgmod.from_flags(ifaces=iface, dir=dir, index_dir=index_dir, dedicated=dedicated, filter=filter,
                                 filter_hex=filter_hex, queues=queues, rotate_seconds=rotate_seconds,
                                 rotate_bytes=rotate_bytes, frame_size=frame_size, status_dir=status_dir,
-                                write_mode=write_mode)
+                                write_mode=write_mode, retention=retention)
         _need_root("capture")
         raise typer.Exit(_run_controller(cfg))
 

@@ -358,14 +358,15 @@ def test_sigterm_finalises_and_status_json_while_running(lab, dirs, stenoctl):
 
 
 def test_filter_change_on_a_running_capture_loses_and_duplicates_nothing(lab, dirs, stenoctl):
-    """`stenoctl filter set` swaps the program under traffic: frames alternate
+    """`stenoctl filter set` swaps the program under traffic: 15000 frames alternate
     between UDP ports 1000 and 2000 with increasing ids; before the swap exactly
     the port-1000 frames are captured, after it exactly the port-2000 ones."""
     import threading
 
     store, status = dirs
+    N_SWAP = 15000  # 5 s at 3 kpps: the swap (CLI + compiling the new program) lands mid-stream
     frames = [pad(eth(ipv4(udp(1000 if i % 2 == 0 else 2000, 9, struct.pack(">I", i)), 17), 0x0800), 80)
-              for i in range(6000)]
+              for i in range(N_SWAP)]
     with CaptureProc(lab.iface, store, status, extra=["--filter", "udp port 1000"]) as cap:
         sender = threading.Thread(target=lab.send_frames, args=(frames,), kwargs={"pps": 3000})
         sender.start()
@@ -390,13 +391,16 @@ def test_filter_change_on_a_running_capture_loses_and_duplicates_nothing(lab, di
     before = [i for i in ids if i % 2 == 0]
     after = [i for i in ids if i % 2 == 1]
     assert before and after, "the swap did not happen under traffic"
-    cut = after[0]
-    # nothing lost: every port-1000 frame before the cut, every port-2000 frame from it on
-    assert before == list(range(0, cut, 2)) or before == list(range(0, cut + 1, 2))
-    assert after == list(range(cut, 6000, 2))
-    # each program counted its own: filtered + redirected add up to every frame
     hist = st["ifaces"][0]["filter_history"]
-    assert hist[0]["filter"] == "udp port 1000"
     x0, x1 = hist[0]["xdp"], st["ifaces"][0]["xdp"]
+    seen = x0["seen_pkts"] + x1["seen_pkts"]
+    assert seen == N_SWAP, f"only {seen} of {N_SWAP} frames reached the XDP program (dropped in veth before it)"
+    cut = after[0]
+    # nothing lost: the swap fell between frames p-1 and p (p = cut or cut-1); the old filter
+    # judged every frame before p (all port-1000 ones kept), the new one every frame from p on
+    assert before in (list(range(0, cut - 1, 2)), list(range(0, cut, 2)))
+    assert after == list(range(cut, N_SWAP, 2))
+    # each program counted its own: its filtered + redirected frames add up to every frame
+    assert hist[0]["filter"] == "udp port 1000"
     assert x0["redirected"] + x1["redirected"] == len(ids)
-    assert x0["seen_pkts"] + x1["seen_pkts"] == 6000
+    assert x0["redirected"] + x0["filtered"] + x1["redirected"] + x1["filtered"] == N_SWAP
