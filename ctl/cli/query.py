@@ -18,6 +18,8 @@ Examples:
 
   stenoctl query 'vlan 10 or mpls 16' --dir /var/lib/stenoxdp -w out.pcap --limit-packets 1000
 
+  stenoctl query 'host 198.18.0.2' --config /etc/stenoxdp/stenoxdp.toml -w out.pcap   (every interface's stores)
+
   stenoctl query 'tcp and before 2026-01-01T00:00:00Z' --server sensor:1234 --certs /etc/stenoxdp/certs -w out.pcap
 """
 
@@ -58,7 +60,11 @@ def register(app: typer.Typer) -> None:
         iface: Optional[str] = typer.Option(None, "--iface", help="Only this interface's packets."),
         server: Optional[str] = typer.Option(None, "--server", help="Ask a stenoxdp server HOST:PORT instead."),
         certs: Optional[Path] = typer.Option(None, "--certs", help="Client certificate directory for --server."),
+        config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                              help="Query every store of the daemon this TOML config describes."),
     ) -> None:
+        if server and (dirs or config):
+            raise UsageError("give either --server or local stores (--dir/--config), not both")
         if server:
             if not certs:
                 raise UsageError("--server needs --certs DIR (the client certificate directory)")
@@ -67,11 +73,19 @@ def register(app: typer.Typer) -> None:
             chunks = remote_query(server, str(certs), text, limit_packets, limit_bytes, micros=micros, iface=iface)
             warnings: list[str] = []
         else:
-            if not dirs:
-                raise UsageError("say which store to query: --dir DIR (or --server HOST:PORT)")
+            if not dirs and not config:
+                raise UsageError("say which store to query: --dir DIR, --config FILE (or --server HOST:PORT)")
             from ..indexer import engine
 
-            stream = engine.query(_stores(dirs), text, limit_packets=limit_packets, limit_bytes=limit_bytes,
+            stores = _stores(dirs)
+            if config:
+                from .. import config as cfgmod
+                from ..store import Store
+
+                cfg = cfgmod.load_config(config)
+                stores += [Store(s.dir, s.index_dir) for ic in cfg.ifaces for s in ic.stores()
+                           if (Path(s.dir) / "packets").is_dir()]
+            stream = engine.query(stores, text, limit_packets=limit_packets, limit_bytes=limit_bytes,
                                   micros=micros, iface=iface)
             chunks = stream
             warnings = stream.warnings

@@ -295,6 +295,8 @@ def test_three_ifaces_one_daemon_merged_and_per_iface_answers(lab_factory, dirs)
         tags = [m[0] for m in markers(allq)]
         switches = sum(1 for x, y in zip(tags, tags[1:]) if x != y)
         assert switches >= 14, f"answers of the interfaces were not interleaved by time ({switches} switches)"
+        # the same over every store named in the daemon's config
+        assert parse_pcap(query_cli("udp and port 9", [], "--config", str(cfg))) == allq
         # the daemon's server answers over all of its stores: the same merged answer
         assert parse_pcap(query_cli("udp and port 9", [], *remote)) == allq
         # within each interface, the send order is kept
