@@ -469,8 +469,9 @@ def test_kill9_rounds_keep_every_written_packet(lab, dirs):
             sent[0] = n + 100
 
     snapshots: set = set()
-    # 24 rounds: 16 writer only (the controller restarts it), 4 controller only, 4 everything at once
-    modes = ["writer", "writer", "controller", "writer", "writer", "all"] * 4
+    # 24 rounds: 12 writer only (the controller restarts it), 4 controller only, 4 everything at once,
+    # 4 everything at once and then the next start killed at a random moment too
+    modes = ["writer", "writer", "controller", "writer", "startup", "all"] * 4
     log = []
     cap = daemon(cfg, status)
     cap.start()
@@ -500,6 +501,15 @@ def test_kill9_rounds_keep_every_written_packet(lab, dirs):
                 assert xdp_attached(lab.iface)  # the dead controller's program is still there ...
                 cap.stop()
                 deleting = deleting or rnd >= len(modes) // 2
+                if mode == "startup":
+                    # a start killed at a random moment: loading, salvaging, spawning writers or just running
+                    p = subprocess.Popen([STENOCTL, "run", "--config", str(cfg_ret if deleting else cfg)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                    time.sleep(rng.uniform(0.0, 2.5))
+                    kids = [int(x) for x in run(["pgrep", "-P", str(p.pid)], check=False).stdout.split()]
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait(timeout=10)
+                    assert wait_for(lambda: not any(_pid_alive(k) for k in kids), timeout=15)
                 cap = daemon(cfg_ret if deleting else cfg, status)
                 cap.start()  # ... and the new daemon replaces it
                 assert xdp_attached(lab.iface)
