@@ -310,10 +310,22 @@ def test_three_ifaces_one_daemon_merged_and_per_iface_answers(lab_factory, dirs)
             assert parse_pcap(query_cli("udp and port 9", [], *remote, "--iface", lb.iface)) == only
             # the merged answer restricted to this interface is the per-interface answer
             assert [x for x in allq if marker(x[1])[0] == t] == only
-        # each interface kept its own retention policy
+        # each interface kept its own retention policy; `stenoctl status` shows each one's horizon and disk
         doc = cap.status()
         for i, rt in zip(doc["ifaces"], rets):
             assert i["retention"], f"{i['name']}: no retention loop"
+        r = subprocess.run([STENOCTL, "status", "--json", "--status-dir", str(status)], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        (sdoc,) = json.loads(r.stdout)
+        assert [i["name"] for i in sdoc["ifaces"]] == [lb.iface for lb in labs]
+        for i in sdoc["ifaces"]:
+            assert i["store"]["oldest_stamp_ns"] and i["store"]["packet_bytes"] > 0 and i["store"]["free_bytes"] > 0
+            assert i["totals"]["packets"] >= 5 * per_round
+        r = subprocess.run([STENOCTL, "status", "--status-dir", str(status)], capture_output=True, text=True,
+                           timeout=60, env=dict(os.environ, COLUMNS="200"))
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        assert all(lb.iface in r.stdout for lb in labs), r.stdout
     assert cap.returncode == 0, cap.stderr
     for lb in labs:
         assert not xdp_attached(lb.iface)
