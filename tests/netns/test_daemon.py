@@ -583,7 +583,8 @@ def test_stenographer_config_captures_and_serves_stenoread(lab_factory, dirs):
     cap = CaptureProc(lab.iface, tmp / "unused", status)
     cap.cmd = [STENOCTL, "run", "--stenographer-config", str(sc)]
     sent = []
-    with cap:
+    cap.start()
+    try:
         for k, cpu in enumerate((0, 1, 0, 1)):  # 16 flows (source ports) over the two RX queues
             fr = [frame(10 + i % 16, k * 50 + i, dport=7006) for i in range(50)]
             lab.send_frames(fr, pps=3000, cpu=cpu)
@@ -600,6 +601,8 @@ def test_stenographer_config_captures_and_serves_stenoread(lab_factory, dirs):
                            env=dict(os.environ, STENOGRAPHER_CONFIG=str(sc)))
         assert r.returncode == 0, r.stderr
         assert parse_pcap(out.read_bytes()) == [(t // 1000 * 1000, p) for t, p in parse_pcap(want)]
+    finally:
+        cap.stop(signal.SIGTERM)  # as systemd stops it
     assert cap.returncode == 0, cap.stderr
     assert "ignored" in cap.stderr and "StenotypePath" in cap.stderr, "what was ignored is not said"
     assert not xdp_attached(lab.iface)
