@@ -274,11 +274,11 @@ class Writer:
         self.frame_size = int(cfg.get("frame_size", 4096))
         self.max_rec = 16 + self.frame_size  # upper bound of one record in staging
         self.flush_ns = int(float(cfg.get("flush_interval", 0.5)) * 1e9)
-        self.idle_wait = float(cfg.get("idle_wait_us", 500)) / 1e6
         ring = int(cfg.get("ring_size", 2048))
-        # never sleep longer than half the RX ring takes to fill at a burst of BURST_PPS
+        # never let packets wait longer than half the RX ring takes to fill at a burst of BURST_PPS
         self.max_wait = min(0.002, ring / 2 / BURST_PPS)
-        self.quarter_ring = ring / 4
+        self.max_wait_ns = int(self.max_wait * 1e9)
+        self.batch = min(self.batch, ring // 2)
         self.status_path = Path(cfg["status_file"]) if cfg.get("status_file") else None
         store = Store(cfg["dir"], cfg.get("index_dir"))
         self.sink = PcapSink(store, self.iface, self.queue, float(cfg.get("rotate_seconds", 60)),
@@ -301,8 +301,7 @@ class Writer:
         blocked_until = 0
         draining_since = 0
         idle_since = 0
-        rate = 0.0
-        last_batch = last_flush
+        last_batch = time.monotonic_ns()
         c = self.c
         rxb = RxBatcher(xsk, sink.recs)
         self._publish()
@@ -310,36 +309,40 @@ class Writer:
             now = time.monotonic_ns()
             if self.stop and not draining_since:
                 draining_since = now
+            # housekeeping, whatever the traffic: flush (freshness), rotation, status
             if blocked_until and now < blocked_until:
+                # disk full: leave the ring alone (the kernel counts what it drops) and retry soon
                 time.sleep(0.02)
-                n = 0
-            else:
-                n = xsk.rx_available()
+                continue
+            if sink.is_open and (now - last_flush >= self.flush_ns or blocked_until):
+                blocked_until = self._guard(sink.flush, now)
+                last_flush = now
+            if sink.due(now):
+                blocked_until = self._guard(self._rotate, now)
+            if now - last_status >= 1_000_000_000:
+                self._publish()
+                last_status = now
+            if blocked_until:
+                continue
+            n = xsk.rx_available()
             if n == 0:
-                if draining_since and (now - draining_since > 200_000_000 or blocked_until):
+                if draining_since and now - draining_since > 200_000_000:
                     break
-                if sink.is_open and (now - last_flush >= self.flush_ns or blocked_until):
-                    blocked_until = self._guard(sink.flush, now)
-                    last_flush = now
-                if sink.due(now):
-                    blocked_until = self._guard(self._rotate, now)
-                if now - last_status >= 1_000_000_000:
-                    self._publish()
-                    last_status = now
-                if not blocked_until:
-                    # Empty ring: a short sleep lets the next batch build up (per-batch costs are
-                    # then shared by many packets); after IDLE_POLL_NS without traffic, block in
-                    # poll() until the kernel wakes us, so an idle link costs nothing.
-                    if idle_since == 0:
-                        idle_since = now
-                    if now - idle_since < IDLE_POLL_NS:
-                        # sleep about a quarter ring's worth of packets at the recent rate
-                        wait = self.idle_wait if rate < 1000 else min(self.max_wait, self.quarter_ring / rate)
-                        time.sleep(max(5e-5, wait))
-                    else:
-                        poller.poll(20 if draining_since else 100)
+                # Empty ring: sleep briefly while traffic is recent (the next batch builds up);
+                # after IDLE_POLL_NS without traffic block in poll(), so an idle link costs nothing.
+                if idle_since == 0:
+                    idle_since = now
+                if now - idle_since < IDLE_POLL_NS:
+                    time.sleep(self.max_wait)
+                else:
+                    poller.poll(20 if draining_since else 100)
                 continue
             idle_since = 0
+            if n < self.batch and now - last_batch < self.max_wait_ns and not draining_since:
+                # A partial batch: wait until a whole one is there or max_wait has passed since
+                # the last one, so per-batch costs are shared by many packets at any rate.
+                time.sleep((self.max_wait_ns - (now - last_batch)) / 1e9)
+                continue
             if not sink.is_open:
                 sink.open_new()
                 last_flush = now
@@ -356,6 +359,7 @@ class Writer:
                 if n <= 0:
                     continue
             res = rxb(n, sink.st_addr + sink.pos, sink.space(), sink.base + sink.pos, sink.nrec)
+            last_batch = now
             if res.ndone:
                 good = res.ndone - res.nbad
                 c["packets"] += good
@@ -366,17 +370,8 @@ class Writer:
                 c["batches"] += 1
                 sink.pos += res.nbytes
                 sink.nrec += good
-                dt = now - last_batch
-                if dt > 0:
-                    rate = 0.8 * rate + 0.2 * (res.ndone * 1e9 / dt)
-                last_batch = now
             if sink.pos >= sink.block:
                 blocked_until = self._guard(sink.write_blocks, now)
-            if sink.due(now):
-                blocked_until = self._guard(self._rotate, now)
-            if now - last_status >= 1_000_000_000:
-                self._publish()
-                last_status = now
         self._guard(self._rotate, time.monotonic_ns())
         self._publish(final=True)
         return 0
