@@ -27,8 +27,18 @@ app = typer.Typer(
 VERBOSE = {"on": False}
 
 
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"stenoctl (stenoxdp) {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show full error detail.")) -> None:
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show full error detail."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     VERBOSE["on"] = verbose or bool(os.environ.get("STENOXDP_VERBOSE"))
 
 
