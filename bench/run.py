@@ -80,6 +80,10 @@ def parse(argv):
     a.query_sizes = [int(x) for x in (a.query_sizes or ("200000" if q else "1000000,3000000")).split(",")]
     a.server_mb = a.server_mb or (64 if q else 256)
     a.only = [s for s in a.only.split(",") if s]
+    from .tools import TOOLS
+    badt = [t for t in a.tools.split(",") if t and t not in TOOLS]
+    if badt:
+        ap.error(f"--tools: unknown tool(s) {badt}; choose from {', '.join(TOOLS)}")
     bad = [s for s in a.only if s not in SECTIONS]
     if bad:
         ap.error(f"--only: unknown section(s) {bad}; choose from {', '.join(SECTIONS)}")
