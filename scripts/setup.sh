@@ -63,13 +63,13 @@ fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Python dependencies"
   "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip setuptools wheel 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v -e '^WARNING: Location' -e '^ *$' || true
+  PYTHONWARNINGS=ignore "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v -e '^WARNING: Location' -e '^ *$' || true
   "$VENV/bin/python" -c 'import bcc, numpy, rocksdict, grpc, cryptography, typer, rich, pyroute2' 
   echo "$want" > "$stamp"
 else
   # the editable install must point at this checkout (CI uses a fresh clone)
   "$VENV/bin/python" -c 'import stenoxdp, sys, os; sys.exit(0 if os.path.realpath(stenoxdp.__file__).startswith(os.path.realpath(sys.argv[1])) else 1)' "$REPO" \
-    || "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v '^WARNING: Location' || true
+    || PYTHONWARNINGS=ignore "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v '^WARNING: Location' || true
 fi
 "$VENV/bin/python" -m stenoxdp.native build >/dev/null
 "$VENV/bin/python" -m stenoxdp.proto build >/dev/null 2>&1 || true
