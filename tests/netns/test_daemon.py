@@ -75,21 +75,17 @@ def markers(pkts) -> list[tuple[int, int]]:
     return [m for _, p in pkts if (m := marker(p)) is not None]
 
 
-def on_disk(store: Path) -> set[tuple[int, int]]:
-    """Markers of every complete record in every packet file (open or closed) of a store right now."""
-    seen = set()
-    for f in store.glob("packets/*/q*/*.pcap"):
-        try:
-            data = f.read_bytes()
-        except FileNotFoundError:
-            continue  # renamed at rotation meanwhile; its new name is globbed too (or next time)
-        seen.update(markers(parse_pcap(data, complete_only=True)))
-    for f in store.glob("packets/*/q*/.*.pcap"):
-        try:
-            data = f.read_bytes()
-        except FileNotFoundError:
-            continue
-        seen.update(markers(parse_pcap(data, complete_only=True)))
+def on_disk(store: Path) -> dict[tuple[int, int], int]:
+    """Marker -> queue of every complete record in every packet file (open or closed) of a store right now."""
+    seen = {}
+    for pat in ("packets/*/q*/*.pcap", "packets/*/q*/.*.pcap"):
+        for f in store.glob(pat):
+            try:
+                data = f.read_bytes()
+            except FileNotFoundError:
+                continue  # renamed at rotation meanwhile: its new name is globbed too (or next time)
+            q = int(f.parent.name[1:])
+            seen.update((m, q) for m in markers(parse_pcap(data, complete_only=True)))
     return seen
 
 
@@ -447,8 +443,13 @@ def _pid_alive(pid: int) -> bool:
 def _store_problems(store: Path, iface: str) -> list[str]:
     """Orphans and leftovers once the daemon has stopped cleanly."""
     probs = []
-    qd = store / "packets" / iface / "q0"
-    idir = store / "index" / iface / "q0"
+    for q in (0, 1):
+        probs += _queue_problems(store / "packets" / iface / f"q{q}", store / "index" / iface / f"q{q}")
+    return probs
+
+
+def _queue_problems(qd: Path, idir: Path) -> list[str]:
+    probs = []
     pcaps = {p.stem for p in qd.glob("[0-9]*.pcap")}
     probs += [f"hidden file {p.name}" for p in qd.glob(".*")]
     probs += [f"records left {p.name}" for p in qd.glob("*.rec")]
@@ -462,14 +463,29 @@ def _store_problems(store: Path, iface: str) -> list[str]:
     return probs
 
 
-def test_kill9_rounds_keep_every_written_packet(lab, dirs):
+def _missing(snap: dict, got: list, where: dict, deleting: bool) -> set:
+    """Markers of snap not in got. With retention deleting, a queue may have lost its oldest packets:
+    per queue, only those at or after its oldest packet still answered count."""
+    gotset = set(got)
+    miss = set()
+    for q in (0, 1):
+        kept = [m[1] for m in got if where.get(m) == q]
+        if deleting and not kept:
+            continue  # every file of this queue seen so far was deleted (the newest came after the snapshot)
+        oldest = min(kept) if deleting else -1
+        miss |= {m for m, qq in snap.items() if qq == q and m not in gotset and m[1] >= oldest}
+    return miss
+
+
+def test_kill9_rounds_keep_every_written_packet(lab_factory, dirs):
+    lab = lab_factory(queues=2)
     tmp, status = dirs
     store = tmp / "store"
-    base = {"name": lab.iface, "dir": str(store), "dedicated": True, "queues": 1, "rotate_seconds": 1,
+    base = {"name": lab.iface, "dir": str(store), "dedicated": True, "queues": 2, "rotate_seconds": 1,
             "rotate_bytes": "256KiB", "flush_interval": 0.2}
     cfg = write_config(tmp / "crash.toml", status, [dict(base, retention={"min_free_percent": 0})])
     # the second half of the rounds runs with retention deleting the oldest files all the time (max_files),
-    # so kills also land around deletions; then only a prefix (the oldest packets) may go
+    # so kills also land around deletions; then only a prefix (the oldest packets) of each queue may go
     cfg_ret = write_config(tmp / "crash-ret.toml", status, [dict(base, retention={"min_free_percent": 0,
                                                                                    "max_files": 6})])
     deleting = False
@@ -477,14 +493,14 @@ def test_kill9_rounds_keep_every_written_packet(lab, dirs):
     stop = threading.Event()
     sent = [0]
 
-    def sender():
+    def sender():  # 8 flows from alternating CPUs: both RX queues (and writers) get traffic
         while not stop.is_set():
             n = sent[0]
-            lab.send_frames([frame(4, n + i, size=300) for i in range(100)], pps=1500)
+            lab.send_frames([frame(10 + i % 8, n + i, size=300) for i in range(100)], pps=1500, cpu=(n // 100) % 2)
             sent[0] = n + 100
 
-    snapshots: set = set()
-    # 24 rounds: 12 writer only (the controller restarts it), 4 controller only, 4 everything at once,
+    snapshots: dict = {}
+    # 24 rounds: 12 one writer of the two (the controller restarts it), 4 controller only, 4 everything at once,
     # 4 everything at once and then the next start killed at a random moment too
     modes = ["writer", "writer", "controller", "writer", "startup", "all"] * 4
     log = []
@@ -499,10 +515,11 @@ def test_kill9_rounds_keep_every_written_packet(lab, dirs):
             assert wpids, f"round {rnd}: no writer running"
             snap = on_disk(store)  # everything on disk now must survive the kill
             if mode == "writer":
-                restarts = cap.status()["ifaces"][0]["queues"][0].get("restarts", 0)
-                os.kill(wpids[0], signal.SIGKILL)
-                ok = wait_for(lambda: (q := cap.status()["ifaces"][0]["queues"][0]).get("restarts", 0) > restarts
-                              and q["alive"], timeout=15)
+                assert len(wpids) == 2, f"round {rnd}: writers {wpids}"
+                restarts = sum(q.get("restarts", 0) for q in cap.status()["ifaces"][0]["queues"])
+                os.kill(rng.choice(wpids), signal.SIGKILL)
+                ok = wait_for(lambda: (qs := cap.status()["ifaces"][0]["queues"]) and all(q["alive"] for q in qs)
+                              and sum(q.get("restarts", 0) for q in qs) > restarts, timeout=15)
                 assert ok, f"round {rnd}: writer not restarted: {cap.read_log()}"
             else:
                 if mode == "controller":
@@ -529,11 +546,10 @@ def test_kill9_rounds_keep_every_written_packet(lab, dirs):
                 cap.start()  # ... and the new daemon replaces it
                 assert xdp_attached(lab.iface)
             got = markers(parse_pcap(query_local("udp and port 9", [store])))
-            oldest = min((n for _, n in got), default=0) if deleting else 0
-            missing = {m for m in snap if m[1] >= oldest} - set(got)
+            snapshots.update(snap)
+            missing = _missing(snap, got, snapshots, deleting)
             assert not missing, f"round {rnd} ({mode}): {len(missing)} packets on disk before the kill are gone"
             assert len(got) == len(set(got)), f"round {rnd} ({mode}): duplicated packets"
-            snapshots |= snap
             log.append((mode, len(snap)))
         ret = cap.status()["ifaces"][0]["retention"]
         assert deleting and sum(r.get("files_deleted", 0) for r in ret) > 0, f"retention deleted nothing: {ret}"
@@ -550,15 +566,16 @@ def test_kill9_rounds_keep_every_written_packet(lab, dirs):
     probs = _store_problems(store, lab.iface)
     assert not probs, probs[:10]
     # indexes agree with packet files: the query through the indexes returns exactly what the files hold
-    files = sorted((store / "packets" / lab.iface / "q0").glob("*.pcap"))
+    files = sorted((store / "packets" / lab.iface).glob("q*/*.pcap"))
     in_files = sorted(x for f in files for x in parse_pcap(f.read_bytes()))
     answer = query_cli("udp and port 9", [store])
     got = parse_pcap(answer)
-    assert got == in_files, "the indexed answer differs from the packet files"
-    oldest = min(n for _, n in markers(got))
-    assert {m for m in snapshots if m[1] >= oldest} <= set(markers(got))
+    assert sorted(got) == in_files, "the indexed answer differs from the packet files"
+    assert [t for t, _ in got] == sorted(t for t, _ in got)
+    assert not _missing(snapshots, markers(got), snapshots, True)
     assert len(markers(got)) == len(set(markers(got)))
-    assert len(files) <= 6 + 1, f"{len(files)} files kept with max_files 6"
+    assert {f.parent.name for f in files} == {"q0", "q1"}
+    assert len(files) <= 6 + 2, f"{len(files)} files kept with max_files 6"
     # and rebuilding every index from the packet files changes nothing
     r = subprocess.run([STENOCTL, "reindex", "--dir", str(store)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
