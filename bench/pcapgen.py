@@ -41,7 +41,8 @@ def write_pcap(path: Path, n: int, end_ns: int, span_s: float = 1800.0, frame: i
         while done < n:
             m = min(chunk, n - done)
             buf = np.zeros((m, rec), np.uint8)
-            ts = start_ns + (np.arange(done, done + m, dtype=np.int64) * (end_ns - start_ns)) // max(1, n)
+            # float step: index * span in int64 overflows beyond ~5 M packets over 30 min
+            ts = start_ns + (np.arange(done, done + m, dtype=np.float64) * ((end_ns - start_ns) / max(1, n))).astype(np.int64)
             hdr = buf[:, :16].view("<u4")
             hdr[:, 0] = (ts // 1_000_000_000).astype(np.uint32)
             hdr[:, 1] = (ts % 1_000_000_000).astype(np.uint32)
