@@ -423,6 +423,8 @@ class Controller:
         signal.signal(signal.SIGINT, self._signal)
         signal.signal(signal.SIGTERM, self._signal)
         self.start()
+        log.info("capturing on %s (Ctrl-C to stop)",
+                 ", ".join(f"{c.name} ({len(c.writers)} queue(s)) -> {c.store.root}" for c in self.caps))
         try:
             last_clock = last_index = last_status = 0.0
             indexer = _Background(self._index_all)

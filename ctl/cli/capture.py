@@ -30,8 +30,6 @@ def _run_controller(cfg) -> int:
     from ..controller import Controller
 
     ctl = Controller(cfg.ifaces, status_dir=cfg.status_dir, server=cfg.server)
-    names = ", ".join(f"{c.name} -> {c.dir}" for c in cfg.ifaces)
-    logging.getLogger("stenoxdp").info("capturing on %s (Ctrl-C to stop)", names)
     rc = ctl.run()
     logging.getLogger("stenoxdp").info("stopped; files finalised")
     return rc
