@@ -188,7 +188,7 @@ class Lab:
         into the capture interface with netsniff-ng's trafgen; bounded by count."""
         cfg = Path(f"/tmp/{self.iface}-trafgen.cfg")
         cfg.write_text(trafgen_config(size, flows))
-        cmd = ["trafgen", "-q", "-o", self.peer, "-i", str(cfg), "-n", str(count), "--no-sock-mem"]
+        cmd = ["trafgen", "-o", self.peer, "-i", str(cfg), "-n", str(count), "--no-sock-mem"]
         if rate_pps:
             cmd += ["-b", f"{rate_pps}pps"]
         if cpu is not None:

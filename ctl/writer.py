@@ -38,15 +38,17 @@ from pathlib import Path
 import numpy as np
 
 from . import layout
-from .native.rx import RxBatcher
+from .native.rx import RUN_IDLE, RxBatcher
 from .store import Store, fsync_dir
 
 PCAP_NS_MAGIC = 0xA1B23C4D
 LINKTYPE_ETHERNET = 1
 SNAPLEN = 262144
 ALIGN = 4096
+REC_SIZE = layout.REC_DTYPE.itemsize
 BURST_PPS = 1.5e6  # the fastest burst a queue is sized for (about this VM's XDP_DROP limit)
 IDLE_POLL_NS = 50_000_000  # after this long with an empty ring, sleep in poll() instead
+RUN_BUDGET_NS = 50_000_000  # one native run returns at least this often (housekeeping, stop)
 
 
 def pcap_global_header(snaplen: int = SNAPLEN, nanos: bool = True) -> bytes:
@@ -75,7 +77,10 @@ class PcapSink:
         self.st = self._bufs[0]
         self.staging = self._maps[0]
         self.cap = staging_size
-        self.recs = np.zeros(staging_size // 76 + 4096, dtype=layout.REC_DTYPE)
+        nrecs = staging_size // 76 + 4096
+        self._recbufs = [np.zeros(nrecs, dtype=layout.REC_DTYPE), np.zeros(nrecs, dtype=layout.REC_DTYPE)]
+        self.rcur = 0
+        self.recs = self._recbufs[0]
         self.nrec = 0
         self.pos = 0           # bytes pending in the current buffer
         self.base = 0          # file offset of the current buffer's first byte
@@ -105,6 +110,10 @@ class PcapSink:
     @property
     def st_addr(self) -> int:
         return self.st.ctypes.data
+
+    @property
+    def recs_addr(self) -> int:
+        return self.recs.ctypes.data
 
     def space(self) -> int:
         return self.cap - self.pos
@@ -149,7 +158,7 @@ class PcapSink:
 
     def _write_job(self, job) -> None:
         """(I/O thread) write one aligned run of a staging buffer, then its records."""
-        bufi, n, off, recs = job
+        bufi, n, off, reci, nrec = job
         fd = self.fd_direct if self.fd_direct >= 0 else self.fd_buf
         try:
             self._pwrite_all(fd, self._maps[bufi], 0, n, off)
@@ -161,7 +170,7 @@ class PcapSink:
                 self._pwrite_all(self.fd_buf, self._maps[bufi], 0, n, off)
             else:
                 raise
-        self._append_recs(recs)
+        self._append_recs(self._recbufs[reci][:nrec])
 
     def _append_recs(self, recs: np.ndarray) -> None:
         if len(recs):
@@ -185,19 +194,20 @@ class PcapSink:
                 self._failed = job
                 raise
 
-    def _take_recs(self, upto: int) -> np.ndarray:
-        """Detach the records of packets wholly inside the file's first ``upto`` bytes."""
-        if self.nrec == 0:
-            return self.recs[:0].copy()
-        r = self.recs[: self.nrec]
-        ends = r["offset"] + 16 + r["caplen"]
-        k = int(np.searchsorted(ends, upto, side="right"))
-        out = r[:k].copy()
-        left = self.nrec - k
-        if k and left:
-            self.recs[:left] = self.recs[k : self.nrec].copy()
-        self.nrec = left
-        return out
+    def _recs_within(self, upto: int) -> int:
+        """How many pending records lie wholly inside the file's first ``upto`` bytes.
+        Records are in offset order, so a scalar binary search on the offsets and one
+        check of the last candidate do (no pass over every record)."""
+        r, lo, hi = self.recs, 0, self.nrec
+        while lo < hi:  # first record starting at or after upto
+            mid = (lo + hi) // 2
+            if int(r[mid]["offset"]) < upto:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo and int(r[lo - 1]["offset"]) + 16 + int(r[lo - 1]["caplen"]) > upto:
+            lo -= 1
+        return lo
 
     def write_blocks(self) -> None:
         """Hand the whole aligned blocks of the current buffer to the I/O thread
@@ -205,12 +215,17 @@ class PcapSink:
         n = self.pos & ~(ALIGN - 1)
         if n == 0:
             return
-        self._wait()  # the other buffer must be free (and a failed write retried)
-        job = (self.cur, n, self.base, self._take_recs(self.base + n))
+        self._wait()  # the other buffers must be free (and a failed write retried)
+        k = self._recs_within(self.base + n)
+        job = (self.cur, n, self.base, self.rcur, k)
         other = 1 - self.cur
         rest = self.pos - n
         if rest:
             self._bufs[other][:rest] = self.st[n : self.pos]
+        # the few records of the unaligned tail move to the other record buffer
+        left = self.nrec - k
+        if left:
+            self._recbufs[1 - self.rcur][:left] = self.recs[k : self.nrec]
         if self._pool is not None:
             self._pending = (self._pool.submit(self._write_job, job), job)
         else:
@@ -223,6 +238,9 @@ class PcapSink:
         self.st, self.staging = self._bufs[other], self._maps[other]
         self.pos = rest
         self.base += n
+        self.rcur = 1 - self.rcur
+        self.recs = self._recbufs[self.rcur]
+        self.nrec = left
 
     def flush(self) -> None:
         """Make every packet so far readable: aligned blocks, then the tail
@@ -231,7 +249,9 @@ class PcapSink:
         self._wait()
         if self.pos:
             self._pwrite_all(self.fd_buf, self.staging, 0, self.pos, self.base)
-        self._append_recs(self._take_recs(self.base + self.pos))
+        # every pending record's packet is in the file now
+        self._append_recs(self.recs[: self.nrec])
+        self.nrec = 0
 
     def close(self) -> Path | None:
         if not self.is_open:
@@ -300,20 +320,18 @@ class Writer:
         last_flush = last_status = time.monotonic_ns()
         blocked_until = 0
         draining_since = 0
-        idle_since = 0
-        last_batch = time.monotonic_ns()
         c = self.c
-        rxb = RxBatcher(xsk, sink.recs)
+        rxb = RxBatcher(xsk)
         self._publish()
         while True:
             now = time.monotonic_ns()
             if self.stop and not draining_since:
                 draining_since = now
-            # housekeeping, whatever the traffic: flush (freshness), rotation, status
             if blocked_until and now < blocked_until:
                 # disk full: leave the ring alone (the kernel counts what it drops) and retry soon
                 time.sleep(0.02)
                 continue
+            # housekeeping, whatever the traffic: flush (freshness), rotation, status
             if sink.is_open and (now - last_flush >= self.flush_ns or blocked_until):
                 blocked_until = self._guard(sink.flush, now)
                 last_flush = now
@@ -324,54 +342,42 @@ class Writer:
                 last_status = now
             if blocked_until:
                 continue
-            n = xsk.rx_available()
-            if n == 0:
-                if draining_since and now - draining_since > 200_000_000:
-                    break
-                # Empty ring: sleep briefly while traffic is recent (the next batch builds up);
-                # after IDLE_POLL_NS without traffic block in poll(), so an idle link costs nothing.
-                if idle_since == 0:
-                    idle_since = now
-                if now - idle_since < IDLE_POLL_NS:
-                    time.sleep(self.max_wait)
-                else:
-                    poller.poll(20 if draining_since else 100)
-                continue
-            idle_since = 0
-            if n < self.batch and now - last_batch < self.max_wait_ns and not draining_since:
-                # A partial batch: wait until a whole one is there or max_wait has passed since
-                # the last one, so per-batch costs are shared by many packets at any rate.
-                time.sleep((self.max_wait_ns - (now - last_batch)) / 1e9)
-                continue
             if not sink.is_open:
+                if xsk.rx_available() == 0:
+                    if draining_since:
+                        break
+                    poller.poll(100)  # idle: the kernel wakes us on the first packet
+                    continue
                 sink.open_new()
                 last_flush = now
-            n = self.batch
-            # near the size limit take fewer packets: a file ends at most one record past rotate_bytes
-            room = sink.rotate_bytes - sink.file_bytes
-            if room < n * self.max_rec:
-                n = max(1, room // self.max_rec)
-            if sink.space() < n * self.max_rec:
+            if sink.space() < self.batch * self.max_rec:
                 blocked_until = self._guard(sink.write_blocks, now)
                 if blocked_until:
                     continue
-                n = min(n, sink.space() // self.max_rec)
-                if n <= 0:
-                    continue
-            res = rxb(n, sink.st_addr + sink.pos, sink.space(), sink.base + sink.pos, sink.nrec)
-            last_batch = now
+            # many batches in one native call: until a block is staged, room runs out, the
+            # next flush is due, or the ring stays empty for a while
+            room = min(sink.space(), max(self.max_rec, sink.rotate_bytes - sink.file_bytes + self.max_rec - 1))
+            stop_bytes = max(1, sink.block - sink.pos)
+            budget = max(1_000_000, min(RUN_BUDGET_NS, self.flush_ns - (now - last_flush)))
+            idle = 20_000_000 if draining_since else IDLE_POLL_NS
+            res = rxb.run(self.batch, self.max_rec, self.max_wait_ns, budget, idle, sink.st_addr + sink.pos,
+                          room, stop_bytes, sink.base + sink.pos,
+                          sink.recs_addr + sink.nrec * REC_SIZE, len(sink.recs) - sink.nrec)
             if res.ndone:
-                good = res.ndone - res.nbad
-                c["packets"] += good
+                c["packets"] += res.nrecs
                 c["wire_bytes"] += res.wire_bytes
-                if good:
+                if res.nrecs:
                     c["last_ts_ns"] = sink.last_ts = res.last_ts
                 c["bad_descs"] += res.nbad
-                c["batches"] += 1
+                c["batches"] += res.batches
                 sink.pos += res.nbytes
-                sink.nrec += good
+                sink.nrec += res.nrecs
             if sink.pos >= sink.block:
                 blocked_until = self._guard(sink.write_blocks, now)
+            if res.reason == RUN_IDLE:
+                if draining_since:
+                    break
+                poller.poll(100)
         self._guard(self._rotate, time.monotonic_ns())
         self._publish(final=True)
         return 0

@@ -22,6 +22,9 @@
 
 #define SXDP_EXPORT __attribute__((visibility("default")))
 
+/* descriptors to look ahead in sxdp_gather */
+#define SXDP_PREFETCH 4
+
 /* a pcap record longer than this is corrupt (the file is damaged there) */
 #define SXDP_PCAP_MAX_CAPLEN (256u * 1024u)
 #define SXDP_PCAP_HDR 16u
@@ -121,6 +124,15 @@ SXDP_EXPORT uint64_t sxdp_gather(const uint8_t *umem, uint64_t umem_len, const s
     for (i = 0; i < n; i++) {
         const struct sxdp_xdp_desc *d = &descs[(start_idx + i) & ring_mask];
         uint64_t addr = d->addr;
+        if (i + SXDP_PREFETCH < n) {
+            /* the frames were just written by the kernel on another CPU: fetch the metadata
+             * and the packet's first line a few descriptors ahead (a prefetch never faults) */
+            uint64_t ahead = descs[(start_idx + i + SXDP_PREFETCH) & ring_mask].addr;
+            if (ahead >= SXDP_META_LEN && ahead < umem_len) {
+                __builtin_prefetch(umem + ahead - SXDP_META_LEN);
+                __builtin_prefetch(umem + ahead + 32);
+            }
+        }
         uint32_t caplen = d->len;
         struct sxdp_meta mcopy; /* the metadata may be unaligned in a hostile UMEM */
         const struct sxdp_meta *m = &mcopy;

@@ -39,7 +39,7 @@ def test_minimal_defaults(tmp_path):
     assert c.name == "eth1" and c.dir == Path("/data/a") and c.index_dir is None and c.queues is None
     assert c.retention == C.Retention(min_free_percent=10.0)
     assert (c.rotate_seconds, c.rotate_bytes, c.frame_size, c.umem_frames, c.ring_size, c.batch_size) == \
-        (60.0, 4 << 30, 4096, 8192, 4096, 256)
+        (60.0, 4 << 30, 4096, 16384, 8192, 512)
     assert cfg.server is None and cfg.status_dir == Path("/run/stenoxdp")
 
 
@@ -72,7 +72,7 @@ min_free_percent = 5
     ("frame_size = 3000", "iface[0].frame_size", "2048 or 4096"),
     ("ring_size = 1000", "iface[0].ring_size", "power of two"),
     ("umem_frames = 1024", "iface[0].umem_frames", "at least ring_size"),
-    ("batch_size = 5000", "iface[0].batch_size", "between 1 and ring_size"),
+    ("batch_size = 20000", "iface[0].batch_size", "between 1 and ring_size"),
     ("rotate_bytes = \"8GiB\"", "iface[0].rotate_bytes", "between 64KiB and 4GiB"),
     ("rotate_seconds = 0", "iface[0].rotate_seconds", "more than 0"),
     ("write_mode = \"fast\"", "iface[0].write_mode", "auto, direct, buffered"),
@@ -269,7 +269,7 @@ def test_memory_plan_and_refusal():
     cfg = C.from_flags(ifaces=["a", "b"], dir="/tmp/s", queues=4)
     mp = memory.plan(cfg, available=64 << 30, limit=None, cap=False)
     q = mp.ifaces[0].per_queue
-    assert q.umem == 8192 * 4096 and mp.locked == 8 * q.locked and mp.total == 8 * q.total
+    assert q.umem == 16384 * 4096 and mp.locked == 8 * q.locked and mp.total == 8 * q.total
     assert mp.problems() == []
     # a 2 GB VM: refused, naming what to lower
     small = memory.plan(cfg, available=200 << 20, limit=None, cap=False)
