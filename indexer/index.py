@@ -37,6 +37,7 @@ import numpy as np
 
 from .. import layout
 from ..errors import IndexFormatError, StoreError
+from ..store import fsync_dir
 from . import keys as K
 
 log = logging.getLogger("stenoxdp.indexer")
@@ -255,21 +256,10 @@ def build_index(recs: np.ndarray, idx_path: os.PathLike | str, file_size: int | 
             p.unlink()
     if idx_path.exists():
         shutil.rmtree(idx_path)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     os.replace(tmp, idx_path)
-    _fsync_dir(idx_path.parent)  # the rename is durable before the caller deletes the .rec
+    fsync_dir(idx_path.parent)  # the rename is durable before the caller deletes the .rec
     return index_bytes(idx_path)
-
-
-def _fsync_dir(path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def index_bytes(idx_path: os.PathLike | str, sst_only: bool = False) -> int:
