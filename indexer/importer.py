@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StoreError, UsageError
-from ..store import Store, valid_iface_name
+from ..store import Store, fsync_dir, valid_iface_name
 from . import index as I
 from .engine import pcap_header
 from .pcapio import read_frames
@@ -80,7 +80,7 @@ def _write_file(store: Store, iface: str, queue: int, frames, sel: np.ndarray) -
         recs = I.recs_from_pcap(hp)
         nidx = I.build_index(recs, idx, size)
         os.replace(hp, pcap)
-        I._fsync_dir(pcap.parent)
+        fsync_dir(pcap.parent)
     except BaseException:
         hp.unlink(missing_ok=True)
         if idx.exists():
