@@ -164,9 +164,11 @@ class PcapSink:
             self._pwrite_all(fd, self._maps[bufi], 0, n, off)
         except OSError as e:
             if e.errno == errno.EINVAL and fd == self.fd_direct:
-                # the file system refused O_DIRECT after all: buffered from now on
+                # the file system refused O_DIRECT after all: buffered from now on (and the
+                # descriptor closed, or a deleted file's space would stay allocated)
                 self.fd_direct = -1
                 self.direct_active = False
+                os.close(fd)
                 self._pwrite_all(self.fd_buf, self._maps[bufi], 0, n, off)
             else:
                 raise
