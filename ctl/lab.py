@@ -236,6 +236,22 @@ def cleanup_stale(prefix: str = PREFIX) -> list[str]:
     return gone
 
 
+def xdp_attached(iface: str) -> bool:
+    """Is an XDP program attached to iface (tests check nothing is left behind)?"""
+    return "prog/xdp" in run(["ip", "-d", "link", "show", iface], check=False).stdout
+
+
+def wait_for(pred, timeout: float = 10.0, step: float = 0.1):
+    """Poll pred() until it returns something true or timeout passes; returns its last value."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    return pred()
+
+
 def have_root() -> bool:
     return os.geteuid() == 0 and shutil.which("ip") is not None
 

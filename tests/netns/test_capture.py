@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from stenoxdp.lab import HOST_MAC, PEER_MAC, CaptureProc, mac_bytes, run
+from stenoxdp.lab import HOST_MAC, PEER_MAC, CaptureProc, mac_bytes, run, wait_for, xdp_attached
 
 pytestmark = pytest.mark.netns
 
@@ -114,20 +114,6 @@ def all_packets(store: Path, iface: str, queue: int | None = None):
     for f in packet_files(store, iface, queue):
         out.extend(read_pcap(f))
     return out
-
-
-def xdp_attached(iface: str) -> bool:
-    return "prog/xdp" in run(["ip", "-d", "link", "show", iface], check=False).stdout
-
-
-def wait_for(pred, timeout: float = 10.0, step: float = 0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return pred()
 
 
 @pytest.fixture

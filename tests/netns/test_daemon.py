@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from stenoxdp.lab import HOST_MAC, PEER_MAC, CaptureProc, mac_bytes, run
+from stenoxdp.lab import HOST_MAC, PEER_MAC, CaptureProc, mac_bytes, run, wait_for, xdp_attached
 
 pytestmark = pytest.mark.netns
 
@@ -102,20 +102,6 @@ def query_local(q: str, dirs: list[Path], **kw) -> bytes:
     from stenoxdp.store import Store
 
     return b"".join(query([Store(d) for d in dirs], q, **kw))
-
-
-def xdp_attached(iface: str) -> bool:
-    return "prog/xdp" in run(["ip", "-d", "link", "show", iface], check=False).stdout
-
-
-def wait_for(pred, timeout: float = 10.0, step: float = 0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return pred()
 
 
 def free_port() -> int:
