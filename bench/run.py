@@ -24,6 +24,7 @@ from . import report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTIONS = ("capture", "filter", "query", "server")
+OPTIONAL = ("stenoquery",)  # not in the default run: --only stenoquery (bench/query_steno.py, ~30 s)
 
 
 def _env() -> dict:
@@ -84,9 +85,9 @@ def parse(argv):
     badt = [t for t in a.tools.split(",") if t and t not in TOOLS]
     if badt:
         ap.error(f"--tools: unknown tool(s) {badt}; choose from {', '.join(TOOLS)}")
-    bad = [s for s in a.only if s not in SECTIONS]
+    bad = [s for s in a.only if s not in SECTIONS + OPTIONAL]
     if bad:
-        ap.error(f"--only: unknown section(s) {bad}; choose from {', '.join(SECTIONS)}")
+        ap.error(f"--only: unknown section(s) {bad}; choose from {', '.join(SECTIONS + OPTIONAL)}")
     return a
 
 
@@ -156,6 +157,11 @@ def main(argv=None) -> int:
             t0 = time.monotonic()
             results["query"] = qbench.run(a.query_sizes, work, log, repeats=1 if a.quick else 3)
             results["query"]["seconds"] = time.monotonic() - t0
+        if "stenoquery" in a.only and not spent("stenoquery"):
+            from . import query_steno
+            t0 = time.monotonic()
+            results["stenoquery"] = query_steno.run(work / "stenoquery", log, repeats=1 if a.quick else 3)
+            results["stenoquery"]["seconds"] = time.monotonic() - t0
         if "server" in a.only and not spent("server"):
             from . import server as sbench
             t0 = time.monotonic()
@@ -222,6 +228,9 @@ def render(res: dict) -> list[str]:
         out.append(f"\nFilter section: {res['filter'].get('seconds', 0):.0f} s.\n")
     if "query" in res:
         out += report.query_table(res["query"]) + [f"\nQuery section: {res['query'].get('seconds', 0):.0f} s.\n"]
+    if "stenoquery" in res:
+        from . import query_steno
+        out += query_steno.render(res["stenoquery"]) + [f"Stenoquery section: {res['stenoquery'].get('seconds', 0):.0f} s.", ""]
     if "server" in res:
         out += report.server_table(res["server"]) + [f"\nServer section: {res['server'].get('seconds', 0):.0f} s.\n"]
     return out
