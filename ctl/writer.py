@@ -330,6 +330,10 @@ class Writer:
             if self.stop and not draining_since:
                 draining_since = now
             if blocked_until and now < blocked_until:
+                if draining_since and now - draining_since > 5_000_000_000:
+                    # stopping on a full disk: give up; the next start salvages the hidden file's
+                    # complete packets
+                    break
                 # disk full: leave the ring alone (the kernel counts what it drops) and retry soon
                 time.sleep(0.02)
                 continue
