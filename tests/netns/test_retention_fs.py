@@ -65,15 +65,22 @@ def daemon(cfg: Path, status: Path, iface: str) -> CaptureProc:
 def pcap_payloads(files: list[Path]) -> set[int]:
     seen = set()
     for f in files:
-        data = f.read_bytes()
-        off = 24
-        while off + 16 <= len(data):
-            caplen = struct.unpack_from("<I", data, off + 8)[0]
-            pkt = data[off + 16: off + 16 + caplen]
-            i = pkt.find(b"NEWD")
-            if i >= 0:
-                seen.add(struct.unpack_from(">I", pkt, i + 4)[0])
-            off += 16 + caplen
+        seen |= _ids_in(f.read_bytes())
+    return seen
+
+
+def _ids_in(data: bytes) -> set[int]:
+    """The NEWD tags of the complete records of a pcap file's bytes."""
+    seen, off = set(), 24
+    while off + 16 <= len(data):
+        caplen = struct.unpack_from("<I", data, off + 8)[0]
+        if caplen == 0 or off + 16 + caplen > len(data):
+            break
+        pkt = data[off + 16: off + 16 + caplen]
+        i = pkt.find(b"NEWD")
+        if i >= 0:
+            seen.add(struct.unpack_from(">I", pkt, i + 4)[0])
+        off += 16 + caplen
     return seen
 
 
@@ -323,17 +330,7 @@ def _complete_ids(path: Path) -> set[int]:
         data = path.read_bytes()
     except OSError:
         return set()
-    seen, off = set(), 24
-    while off + 16 <= len(data):
-        caplen = struct.unpack_from("<I", data, off + 8)[0]
-        if caplen == 0 or off + 16 + caplen > len(data):
-            break
-        pkt = data[off + 16: off + 16 + caplen]
-        i = pkt.find(b"NEWD")
-        if i >= 0:
-            seen.add(struct.unpack_from(">I", pkt, i + 4)[0])
-        off += 16 + caplen
-    return seen
+    return _ids_in(data)
 
 
 def query_ids(store: Path, tmp: Path) -> set[int]:
